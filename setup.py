@@ -1,0 +1,35 @@
+"""Build and install daceml and its C++ extension daceml._C.
+
+The pinned dependencies live in requirements.txt (read here and by the Makefile).
+"""
+import os
+
+from pybind11.setup_helpers import Pybind11Extension, build_ext
+from setuptools import find_packages, setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def read_requirements():
+    with open(os.path.join(HERE, "requirements.txt")) as f:
+        reqs = [line.split("#")[0].strip() for line in f]
+    # test-only tools are not runtime requirements
+    return [r for r in reqs if r and not r.startswith(("pytest", "pybind11"))]
+
+
+setup(
+    name="daceml",
+    version="0.1.0",
+    description="Data-centric optimizing compiler for deep neural networks, built on DaCe",
+    packages=find_packages(include=["daceml", "daceml.*"]),
+    package_data={"daceml": ["py.typed"]},
+    python_requires=">=3.10",
+    install_requires=read_requirements(),
+    ext_modules=[
+        Pybind11Extension("daceml._C", ["csrc/dispatch.cpp"], cxx_std=17, extra_compile_args=["-O2"]),
+    ],
+    cmdclass={"build_ext": build_ext},
+    entry_points={
+        "console_scripts": ["daceml=daceml.cli:main"],
+    },
+)
