@@ -29,7 +29,7 @@ from daceml.errors import (DacemlError, InputError, InputTypeError, InvalidNodeE
 from daceml.onnx import dtypes as odt
 from daceml.onnx import nodes as onnx_nodes
 from daceml.onnx.ops import registry
-from daceml.onnx.ops.common import safe_name
+from daceml.onnx.ops.common import record_constant, safe_name
 from daceml.onnx.shape_inference import ShapeTable, infer
 
 log = logging.getLogger(__name__)
@@ -152,6 +152,7 @@ class ONNXModel:
         for init in graph.initializer:
             self.weights[init.name] = numpy_helper.to_array(init)
             self._add_array(init.name, transient=False)
+            record_constant(self.sdfg, self._array(init.name), self.weights[init.name])
         state = self.sdfg.add_state("main")
         access: Dict[str, Any] = {}
 
@@ -225,6 +226,7 @@ class ONNXModel:
         self.table.types[node.output[0]] = onnx.helper.np_dtype_to_tensor_dtype(arr.dtype)
         self.table.shapes[node.output[0]] = tuple(arr.shape)
         self._add_array(node.output[0], transient=False, node_label=label)
+        record_constant(self.sdfg, self._array(node.output[0]), arr)
 
     @staticmethod
     def _connectors(params, names: Sequence[str], node: onnx.NodeProto, label: str) -> List[Tuple[str, str]]:

@@ -2,6 +2,8 @@
 import re
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
+
 import dace
 from dace import data as dt
 from dace import symbolic
@@ -88,3 +90,25 @@ def const_value(desc_shape) -> Optional[List[int]]:
         return [int(s) for s in desc_shape]
     except TypeError:
         return None
+
+
+#: constants smaller than this (elements) have their values recorded for implementations
+_RECORD_LIMIT = 4096
+
+
+def record_constant(sdfg: dace.SDFG, array: str, value: np.ndarray) -> None:
+    """Remembers the value of a weight/constant array, so that implementations can read
+    inputs such as Reshape's ``shape`` or ReduceSum's ``axes`` at expansion time."""
+    if value.size <= _RECORD_LIMIT:
+        if not hasattr(sdfg, "_daceml_constants"):
+            sdfg._daceml_constants = {}
+        sdfg._daceml_constants[array] = np.array(value)
+
+
+def constant_input(node, state: dace.SDFGState, sdfg: dace.SDFG, connector: str) -> Optional[np.ndarray]:
+    """The value of input ``connector`` if it is a known constant (initializer or Constant
+    node of the model), else None. Also None if the connector is absent."""
+    edges = list(state.in_edges_by_connector(node, connector))
+    if not edges:
+        return None
+    return getattr(sdfg, "_daceml_constants", {}).get(edges[0].data.data)

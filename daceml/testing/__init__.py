@@ -1,0 +1,1 @@
+"""Test helpers: single-node ONNX models, comparison against onnxruntime."""
