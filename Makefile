@@ -1,0 +1,38 @@
+# daceml: two commands on a fresh machine.
+#   make run   - set everything up, then run the demo (PyTorch CNN -> ONNX -> daceml -> C++)
+#   make test  - set everything up, then run the test suite
+# Both are idempotent: a second run installs nothing.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# The install stamp changes whenever what the install depends on changes.
+INSTALL_HASH := $(shell cat requirements.txt setup.py csrc/*.cpp scripts/system_packages.sh | sha256sum | cut -c1-16)
+STAMP  := $(VENV)/.daceml-installed-$(INSTALL_HASH)
+PYTEST_WORKERS ?= 2
+
+.PHONY: setup run test test-all conformance clean-cache
+
+setup: $(STAMP)
+
+$(STAMP):
+	bash scripts/system_packages.sh
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
+	$(PY) -m pip check
+	rm -f $(VENV)/.daceml-installed-*
+	touch $(STAMP)
+
+run: setup
+	$(PY) examples/cnn_demo.py
+
+test: setup
+	$(PY) -m pytest -n $(PYTEST_WORKERS) -q tests
+
+test-all: setup
+	$(PY) -m pytest -n $(PYTEST_WORKERS) -q -m "" tests
+
+clean-cache:
+	rm -rf $${DACEML_CACHE_DIR:-$$HOME/.cache/daceml}
