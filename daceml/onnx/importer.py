@@ -150,7 +150,7 @@ class ONNXModel:
         for inp in self.inputs:
             self._add_array(inp, transient=False)
         for init in graph.initializer:
-            self.weights[init.name] = numpy_helper.to_array(init)
+            self.weights[init.name] = np.array(numpy_helper.to_array(init))  # writable, owned
             self._add_array(init.name, transient=False)
             record_constant(self.sdfg, self._array(init.name), self.weights[init.name])
         state = self.sdfg.add_state("main")
@@ -322,7 +322,8 @@ class ONNXModel:
             value = np.asarray(value)
             if value.dtype != expected_dtype:
                 raise InputTypeError(f"input {name!r}: expected dtype {expected_dtype}, got {value.dtype}")
-            value = np.ascontiguousarray(value)
+            if not value.flags.c_contiguous:
+                value = value.copy(order="C")
             shape = value.shape
         if len(shape) != len(onnx_shape):
             raise InputError(f"input {name!r}: expected rank {len(onnx_shape)} (shape {_fmt(onnx_shape)}), "
