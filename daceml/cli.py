@@ -1,0 +1,115 @@
+"""The `daceml` command.
+
+    daceml compile MODEL.onnx            import and compile (or load the cached build)
+    daceml run MODEL.onnx [--dim N=4]    run on random inputs, compare with onnxruntime, time it
+    daceml ops                           which implementations each ONNX op has
+"""
+import argparse
+import logging
+import statistics
+import sys
+import time
+from typing import Dict, List, Optional
+
+import numpy as np
+
+
+def _dims(pairs: List[str]) -> Dict[str, int]:
+    out = {}
+    for p in pairs:
+        name, _, value = p.partition("=")
+        if not value.isdigit():
+            raise SystemExit(f"--dim {p!r}: expected NAME=INTEGER")
+        out[name] = int(value)
+    return out
+
+
+def _random_inputs(model, dims: Dict[str, int]) -> Dict[str, np.ndarray]:
+    from dace import symbolic
+    from daceml.onnx import dtypes as odt
+    rng = np.random.default_rng(0)
+    inputs = {}
+    for name in model.inputs:
+        shape = []
+        for d in model.table.shape(name) or ():
+            if symbolic.issymbolic(d):
+                if str(d) not in dims:
+                    raise SystemExit(f"input {name!r} has a symbolic dim {d}; give its size with --dim {d}=SIZE")
+                shape.append(dims[str(d)])
+            else:
+                shape.append(int(d))
+        dtype = odt.to_numpy(model.sdfg.arrays[model._array(name)].dtype)
+        if np.issubdtype(dtype, np.floating):
+            inputs[name] = rng.standard_normal(shape).astype(dtype)
+        elif dtype == np.bool_:
+            inputs[name] = rng.integers(0, 2, shape).astype(bool)
+        else:
+            inputs[name] = rng.integers(0, 10, shape).astype(dtype)
+    return inputs
+
+
+def cmd_compile(args) -> int:
+    from daceml.onnx import ONNXModel
+    model = ONNXModel(args.model)
+    program = model.compile()
+    print(f"{'compiled' if program.built else 'loaded'} {model.name} in {program.seconds:.2f} s: {program.folder}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from daceml.onnx import ONNXModel
+    from daceml.testing.onnx_compare import run_onnxruntime
+    model = ONNXModel(args.model)
+    inputs = _random_inputs(model, _dims(args.dim))
+    got = model(**inputs)
+    got = list(got) if isinstance(got, tuple) else [got]
+    expected = run_onnxruntime(model.model, inputs)
+    worst = 0.0
+    for name, g, e in zip(model.outputs, got, expected):
+        err = float(np.abs(np.asarray(g, dtype=np.float64) - e).max()) if e.size else 0.0
+        worst = max(worst, err)
+        print(f"output {name!r} {tuple(e.shape)} {e.dtype}: max abs error vs onnxruntime {err:.3e}")
+    times = []
+    for _ in range(args.repeat):
+        t0 = time.perf_counter()
+        model(**inputs)
+        times.append(time.perf_counter() - t0)
+    print(f"median {1000 * statistics.median(times):.3f} ms over {args.repeat} runs")
+    return 0 if worst <= args.atol else 1
+
+
+def cmd_ops(args) -> int:
+    from daceml.onnx.ops import registry
+    for op in registry.registered_ops():
+        impls = registry.implementations(op)
+        print(f"{op:28s} {', '.join(impls)}")
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="daceml", description="data-centric DNN compiler")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what daceml does")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("compile", help="import and compile an ONNX model")
+    p.add_argument("model")
+    p.set_defaults(func=cmd_compile)
+    p = sub.add_parser("run", help="run an ONNX model on random inputs against onnxruntime")
+    p.add_argument("model")
+    p.add_argument("--dim", action="append", default=[], help="size of a symbolic dim, NAME=SIZE")
+    p.add_argument("--repeat", type=int, default=10)
+    p.add_argument("--atol", type=float, default=1e-4)
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("ops", help="list the ops and their implementations")
+    p.set_defaults(func=cmd_ops)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
+    from daceml.errors import DacemlError
+    try:
+        return args.func(args)
+    except DacemlError as ex:
+        print(f"daceml: {ex}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
