@@ -343,35 +343,61 @@ class ONNXModel:
         return value
 
     def __call__(self, *args: Any, **kwargs: Any):
+        """Runs the model: inputs by position or ONNX name; numpy in -> numpy out, torch in -> torch out.
+        Returns one output, or a tuple if the model has several."""
         bound = self._bind(args, kwargs)
+        inputs = [bound[name] for name in self.inputs]
+        use_torch = any(type(v).__module__.startswith("torch") for v in inputs)
+        return self.run(inputs, torch_outputs=use_torch)
+
+    def run(self, inputs: Sequence[Any], weights: Optional[Dict[str, Any]] = None, torch_outputs: bool = False):
+        """Runs the model on ``inputs`` (in graph-input order). ``weights`` replaces weights by
+        ONNX name for this call (e.g. live torch parameters, passed by pointer)."""
+        if len(inputs) != len(self.inputs):
+            raise InputError(f"model {self.name!r} takes {len(self.inputs)} input(s) {self.inputs}, got {len(inputs)}")
         symbols: Dict[str, int] = {}
-        use_torch = False
         arrays: Dict[str, Any] = {}
-        for name in self.inputs:
-            arrays[self._array(name)] = self._check_input(name, bound[name], symbols)
-            use_torch = use_torch or type(bound[name]).__module__.startswith("torch")
+        for name, value in zip(self.inputs, inputs):
+            arrays[self._array(name)] = self._check_input(name, value, symbols)
         program = self.compile()
         missing = [s for s in program.symbol_names if s not in symbols]
         if missing:
             raise InputError(f"model {self.name!r}: symbols {missing} are not determined by the input shapes")
         for wname, value in self.weights.items():
             arrays[self._array(wname)] = self._weight_array(wname, value)
+        if weights:
+            for wname, value in weights.items():
+                arrays[self._array(wname)] = self._check_weight(wname, value)
         results = []
         for out in self.outputs:
             arr = self.output_array(out)
             desc = self.sdfg.arrays[arr]
             shape = tuple(int(symbolic.evaluate(s, symbols)) if symbolic.issymbolic(s) else int(s) for s in desc.shape)
-            dtype = odt.to_numpy(desc.dtype)
-            if use_torch:
+            if torch_outputs:
                 import torch
                 buf = torch.empty(shape, dtype=odt.to_torch(desc.dtype))
             else:
-                buf = np.empty(shape, dtype=dtype)
+                buf = np.empty(shape, dtype=odt.to_numpy(desc.dtype))
             arrays[arr] = buf
             onnx_rank = len(self.table.shape(out) or ())
             results.append(buf.reshape(()) if onnx_rank == 0 else buf)
         program(**arrays, **symbols)
         return results[0] if len(results) == 1 else tuple(results)
+
+    def _check_weight(self, name: str, value: Any) -> Any:
+        if name not in self.weights:
+            raise InputError(f"model {self.name!r} has no weight {name!r}")
+        desc = self.sdfg.arrays[self._array(name)]
+        want = tuple(self.weights[name].shape)
+        got = tuple(value.shape)
+        if got != want and not (want == () and got in ((), (1, ))):
+            raise InputError(f"weight {name!r}: expected shape {want}, got {got}")
+        is_torch = type(value).__module__.startswith("torch")
+        got_dtype = value.dtype if is_torch else np.dtype(value.dtype)
+        want_dtype = odt.to_torch(desc.dtype) if is_torch else odt.to_numpy(desc.dtype)
+        if got_dtype != want_dtype:
+            raise InputTypeError(f"weight {name!r}: expected dtype {want_dtype}, got {got_dtype}")
+        return value
 
     def _weight_array(self, name: str, value: np.ndarray) -> np.ndarray:
         if not value.flags.c_contiguous or value.ndim == 0:
