@@ -31,5 +31,6 @@ setup(
     cmdclass={"build_ext": build_ext},
     entry_points={
         "console_scripts": ["daceml=daceml.cli:main"],
+        "torch_dynamo_backends": ["daceml=daceml.torch.dynamo:daceml_backend"],
     },
 )

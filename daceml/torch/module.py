@@ -1,0 +1,227 @@
+"""DaceModule: a torch.nn.Module that runs its forward pass through daceml.
+
+    model = DaceModule(MyNet())            # or: @dace_module class MyNet(nn.Module): ...
+    y = model(x)                           # first call: export, import, compile (cached)
+
+The wrapped module's parameters and buffers are the DaceModule's own (same
+``state_dict()`` keys, same tensors): they are passed to the compiled program by
+pointer on every call, so optimizer steps and ``load_state_dict`` take effect.
+
+One program is built per *signature* of the call: the training flag, the dtype
+and shape of every tensor argument (only the rank with ``dynamic=True``, where
+the batch/sequence dims stay symbolic), and the values of non-tensor arguments.
+A new signature builds a new program (logged); builds are cached on disk by
+content, so a rebuild of a known signature only loads.
+"""
+import contextlib
+import dataclasses
+import io
+import logging
+import warnings
+from collections import OrderedDict
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+from torch.utils import _pytree as pytree
+
+from daceml.errors import InputError
+from daceml.onnx.importer import ONNXModel
+
+log = logging.getLogger(__name__)
+
+Hook = Callable[..., None]
+
+
+@dataclasses.dataclass
+class _Build:
+    """The program built for one call signature."""
+    model: ONNXModel
+    #: ONNX initializer name -> state_dict key of the live tensor passed in its place
+    state_inputs: Dict[str, str]
+    #: positions (in the flattened call arguments) of the tensors the ONNX graph takes, in graph order
+    tensor_positions: List[int]
+    out_spec: Any
+    dynamic: bool
+
+
+def _export(module: nn.Module, args: Tuple[Any, ...], dynamic: bool, opset: int):
+    dynamic_shapes = None
+    if dynamic:
+        dynamic_shapes = tuple({i: torch.export.Dim.AUTO for i in range(a.dim())} if isinstance(a, torch.Tensor)
+                               else None for a in args)
+    sink = io.StringIO()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        warnings.simplefilter("ignore")
+        try:
+            program = torch.onnx.export(module, args, dynamo=True, external_data=False, optimize=False,
+                                        opset_version=opset, dynamic_shapes=dynamic_shapes, verbose=False)
+        except Exception as ex:
+            raise RuntimeError(f"torch.onnx.export of {type(module).__name__} failed: {type(ex).__name__}: "
+                               f"{str(ex).splitlines()[0] if str(ex) else ''}") from ex
+    return program.model_proto
+
+
+class DaceModule(nn.Module):
+    """Wraps ``module`` so that its forward pass runs as a program compiled by daceml.
+
+    :param module: the module to wrap (its parameters and buffers are shared, not copied).
+    :param dummy_inputs: if given, build for these inputs right away.
+    :param dynamic: keep dims symbolic, so one build serves all sizes.
+    :param name: name of the generated program (default: the module's class name).
+    :param opset: ONNX opset to export with.
+    """
+
+    def __init__(self, module: nn.Module, dummy_inputs: Optional[Sequence[Any]] = None, *, dynamic: bool = False,
+                 name: Optional[str] = None, opset: int = 20):
+        super().__init__()
+        object.__setattr__(self, "_wrapped", module)
+        # Share the wrapped module's members: state_dict keys, train()/eval() and .to() act on them.
+        self._modules = module._modules
+        self._parameters = module._parameters
+        self._buffers = module._buffers
+        self.dynamic = dynamic
+        self.program_name = name or type(module).__name__
+        self.opset = opset
+        self._builds: Dict[Any, _Build] = {}
+        self._hooks: Dict[str, "OrderedDict[str, Hook]"] = {
+            "post_import": OrderedDict(), "post_compile": OrderedDict()}
+        self._last: Optional[_Build] = None
+        if dummy_inputs is not None:
+            self._build_for(tuple(dummy_inputs), {})
+
+    @property
+    def module(self) -> nn.Module:
+        """The wrapped module."""
+        return self._wrapped
+
+    # --- hooks -------------------------------------------------------------------------------
+
+    def _add_hook(self, kind: str, name: str, fn: Hook, prepend: bool) -> None:
+        hooks = self._hooks[kind]
+        hooks[name] = fn
+        if prepend:
+            hooks.move_to_end(name, last=False)
+
+    def append_post_import_hook(self, name: str, fn: Callable[[ONNXModel], None]) -> None:
+        """``fn(onnx_model)`` runs after import, before compiling: it may transform ``onnx_model.sdfg``."""
+        self._add_hook("post_import", name, fn, prepend=False)
+
+    def prepend_post_import_hook(self, name: str, fn: Callable[[ONNXModel], None]) -> None:
+        self._add_hook("post_import", name, fn, prepend=True)
+
+    def append_post_compile_hook(self, name: str, fn: Callable[[Any], None]) -> None:
+        """``fn(compiled_program)`` runs after compiling (or loading) a program."""
+        self._add_hook("post_compile", name, fn, prepend=False)
+
+    def prepend_post_compile_hook(self, name: str, fn: Callable[[Any], None]) -> None:
+        self._add_hook("post_compile", name, fn, prepend=True)
+
+    @property
+    def sdfg(self):
+        """The SDFG of the most recent build (None before the first build)."""
+        return self._last.model.sdfg if self._last is not None else None
+
+    @property
+    def onnx_model(self) -> Optional[ONNXModel]:
+        return self._last.model if self._last is not None else None
+
+    # --- building ----------------------------------------------------------------------------
+
+    def _signature(self, flat: List[Any], dynamic: bool) -> Tuple:
+        sig: List[Any] = [self.training]
+        for a in flat:
+            if isinstance(a, torch.Tensor):
+                sig.append(("T", str(a.dtype), a.dim() if dynamic else tuple(a.shape), a.device.type))
+            else:
+                sig.append(("C", repr(a)))
+        sig.append(tuple(str(p.dtype) for p in self.state_dict(keep_vars=True).values()))
+        return tuple(sig)
+
+    def _build_for(self, args: Tuple[Any, ...], kwargs: Dict[str, Any], dynamic: Optional[bool] = None) -> _Build:
+        if kwargs:
+            raise TypeError(f"{self.program_name}: keyword arguments are not supported by DaceModule yet "
+                            f"(got {sorted(kwargs)}); pass them positionally")
+        dynamic = self.dynamic if dynamic is None else dynamic
+        flat, _ = pytree.tree_flatten(args)
+        key = self._signature(flat, dynamic)
+        if key in self._builds:
+            return self._builds[key]
+        for a in flat:
+            if isinstance(a, torch.Tensor) and a.device.type != "cpu":
+                raise InputError(f"{self.program_name}: input on device {a.device}; only the CPU target is "
+                                 "supported by DaceModule so far")
+        log.info("building %s for signature %s", self.program_name, key[1:-1])
+        module = self._wrapped
+        with torch.no_grad():
+            out = module(*args)
+        _, out_spec = pytree.tree_flatten(out)
+        proto = _export(module, args, dynamic, self.opset)
+        model = ONNXModel(proto, name=self.program_name)
+        state = self.state_dict(keep_vars=True)
+        state_inputs = {init: init for init in model.weights if init in state}
+        # graph inputs are the tensor arguments, in order
+        tensor_positions = [i for i, a in enumerate(flat) if isinstance(a, torch.Tensor)]
+        if len(tensor_positions) != len(model.inputs):
+            raise RuntimeError(f"{self.program_name}: the exported graph takes {len(model.inputs)} inputs "
+                               f"{model.inputs}, the call has {len(tensor_positions)} tensor arguments")
+        for fn in self._hooks["post_import"].values():
+            fn(model)
+        program = model.compile()
+        for fn in self._hooks["post_compile"].values():
+            fn(program)
+        build = _Build(model, state_inputs, tensor_positions, out_spec, dynamic)
+        self._builds[key] = build
+        self._last = build
+        return build
+
+    # --- calling -----------------------------------------------------------------------------
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        build = self._build_for(args, kwargs)
+        flat, _ = pytree.tree_flatten(args)
+        inputs = [flat[i] for i in build.tensor_positions]
+        state = self.state_dict(keep_vars=True)
+        weights = {}
+        for init, key in build.state_inputs.items():
+            t = state[key].detach()
+            weights[init] = t if t.is_contiguous() else t.contiguous()
+        try:
+            outs = build.model.run(inputs, weights=weights, torch_outputs=True, as_list=True)
+        except InputError:
+            if not build.dynamic:
+                raise
+            # a dim the exporter specialised changed: build a static program for this shape
+            build = self._build_for(args, kwargs, dynamic=False)
+            outs = build.model.run(inputs, weights=weights, torch_outputs=True, as_list=True)
+        self._last = build
+        return pytree.tree_unflatten(outs, build.out_spec)
+
+    def extra_repr(self) -> str:
+        return f"wraps={type(self._wrapped).__name__}, dynamic={self.dynamic}, builds={len(self._builds)}"
+
+
+def dace_module(cls=None, **options: Any):
+    """Class decorator: instances of the decorated nn.Module class are DaceModules.
+
+        @dace_module(dynamic=True)
+        class Net(nn.Module): ...
+    """
+
+    def wrap(module_cls):
+        if not (isinstance(module_cls, type) and issubclass(module_cls, nn.Module)):
+            raise TypeError(f"@dace_module decorates torch.nn.Module subclasses, not {module_cls!r}")
+
+        def construct(*args, **kwargs):
+            return DaceModule(module_cls(*args, **kwargs), **options)
+
+        construct.__name__ = module_cls.__name__
+        construct.__qualname__ = module_cls.__qualname__
+        construct.__doc__ = module_cls.__doc__
+        construct.__wrapped__ = module_cls
+        return construct
+
+    return wrap(cls) if cls is not None else wrap
+
+
+__all__ = ["DaceModule", "dace_module"]
