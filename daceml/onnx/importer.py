@@ -28,6 +28,7 @@ from daceml.errors import (DacemlError, InputError, InputTypeError, InvalidNodeE
                            UnsupportedOpsError)
 from daceml.onnx import dtypes as odt
 from daceml.onnx import nodes as onnx_nodes
+from daceml.onnx import rewrites
 from daceml.onnx.ops import registry
 from daceml.onnx.ops.common import record_constant, safe_name
 from daceml.onnx.shape_inference import ShapeTable, infer
@@ -79,6 +80,10 @@ class ONNXModel:
         self.opset = _opset(proto)
         self._check_ops(proto)
         self.model = infer(proto)
+        n_before = (len(self.model.graph.node), len(self.model.graph.initializer))
+        self.model = rewrites.apply_all(self.model)
+        if (len(self.model.graph.node), len(self.model.graph.initializer)) != n_before:
+            self.model = infer(self.model)
         graph = self.model.graph
         self.name = safe_name(name or graph.name or "onnx_model")
         self.table = ShapeTable(graph)
@@ -350,9 +355,11 @@ class ONNXModel:
         use_torch = any(type(v).__module__.startswith("torch") for v in inputs)
         return self.run(inputs, torch_outputs=use_torch)
 
-    def run(self, inputs: Sequence[Any], weights: Optional[Dict[str, Any]] = None, torch_outputs: bool = False):
+    def run(self, inputs: Sequence[Any], weights: Optional[Dict[str, Any]] = None, torch_outputs: bool = False,
+            as_list: bool = False):
         """Runs the model on ``inputs`` (in graph-input order). ``weights`` replaces weights by
-        ONNX name for this call (e.g. live torch parameters, passed by pointer)."""
+        ONNX name for this call (e.g. live torch parameters, passed by pointer). Returns the
+        outputs as a list if ``as_list``, else one output or a tuple."""
         if len(inputs) != len(self.inputs):
             raise InputError(f"model {self.name!r} takes {len(self.inputs)} input(s) {self.inputs}, got {len(inputs)}")
         symbols: Dict[str, int] = {}
@@ -382,6 +389,8 @@ class ONNXModel:
             onnx_rank = len(self.table.shape(out) or ())
             results.append(buf.reshape(()) if onnx_rank == 0 else buf)
         program(**arrays, **symbols)
+        if as_list:
+            return results
         return results[0] if len(results) == 1 else tuple(results)
 
     def _check_weight(self, name: str, value: Any) -> Any:
