@@ -22,7 +22,7 @@ setup(
     version="0.1.0",
     description="Data-centric optimizing compiler for deep neural networks, built on DaCe",
     packages=find_packages(include=["daceml", "daceml.*"]),
-    package_data={"daceml": ["py.typed"]},
+    package_data={"daceml": ["py.typed"], "daceml.targets": ["cuda_support/*"]},
     python_requires=">=3.10",
     install_requires=read_requirements(),
     ext_modules=[

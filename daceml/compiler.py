@@ -18,6 +18,7 @@ The cache is safe under concurrency and interruption:
 """
 import contextlib
 import ctypes
+import dataclasses
 import fcntl
 import glob
 import hashlib
@@ -28,7 +29,7 @@ import re
 import shutil
 import time
 import uuid
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -155,9 +156,19 @@ def _clean_stale_temporaries(cache_dir: str) -> None:
             pass
 
 
-def compile_sdfg(sdfg: dace.SDFG, validate: bool = True, extra_key: Optional[Dict[str, Any]] = None
-                 ) -> "CompiledProgram":
-    """Compiles ``sdfg`` (or loads its cached build) and returns a callable program.
+@dataclasses.dataclass
+class Build:
+    """A finished build in the cache (returned instead of a program when not loading it)."""
+    folder: str
+    key: str
+    built: bool
+    seconds: float
+
+
+def compile_sdfg(sdfg: dace.SDFG, validate: bool = True, extra_key: Optional[Dict[str, Any]] = None,
+                 load: bool = True) -> Union["CompiledProgram", Build]:
+    """Compiles ``sdfg`` (or finds its cached build) and returns a callable program, or only
+    the :class:`Build` if ``load`` is False (e.g. a GPU program on a machine without a GPU).
 
     The SDFG given is not modified: code generation works on a copy.
     """
@@ -189,6 +200,8 @@ def compile_sdfg(sdfg: dace.SDFG, validate: bool = True, extra_key: Optional[Dic
                 finally:
                     shutil.rmtree(temp, ignore_errors=True)
                 built = True
+    if not load:
+        return Build(folder, key, built, time.perf_counter() - start)
     program = CompiledProgram.load(folder)
     program.built = built
     program.seconds = time.perf_counter() - start
@@ -236,6 +249,9 @@ class CompiledProgram:
         return cls(csdfg, folder)
 
     def _ensure_initialized(self, symbols: Dict[str, int]) -> None:
+        if self.csdfg.has_gpu_code:
+            from daceml.targets import cuda
+            cuda.require_gpu(f"program {self.sdfg.name!r}")
         values = tuple(int(symbols[n]) for n in self.symbol_names if n in self.free_symbols)
         if self._init_symbols == values and self._program is not None:
             return

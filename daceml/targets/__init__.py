@@ -1,0 +1,1 @@
+"""Code-generation targets: settings and environments per device (cpu, cuda)."""

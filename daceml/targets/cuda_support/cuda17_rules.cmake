@@ -1,0 +1,4 @@
+# Passed as CMAKE_USER_MAKE_RULES_OVERRIDE_CUDA: DaCe 1.0.2 sets CMAKE_CUDA_STANDARD 14,
+# but CUDA 13's headers need C++17. Make CMake's "C++14" flag for CUDA mean C++17.
+set(CMAKE_CUDA14_STANDARD_COMPILE_OPTION "-std=c++17")
+set(CMAKE_CUDA14_EXTENSION_COMPILE_OPTION "-std=c++17")
