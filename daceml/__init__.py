@@ -10,4 +10,10 @@ def __getattr__(name):
     if name == "ONNXModel":
         from daceml.onnx.importer import ONNXModel
         return ONNXModel
+    if name == "optimize":
+        from daceml.transformation import optimize
+        return optimize
+    if name in ("DaceModule", "dace_module"):
+        import daceml.torch as dt
+        return getattr(dt, name)
     raise AttributeError(f"module 'daceml' has no attribute {name!r}")

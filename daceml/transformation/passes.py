@@ -1,0 +1,258 @@
+"""The passes of the lowering pipeline, grouped by level.
+
+A pass is a small class: typed DaCe properties (so it round-trips through JSON
+for the GUI and recipes), ``apply(sdfg, model) -> number of changes``, and a
+one-line ``_detail`` of what it did. :func:`level_passes` lists each level.
+"""
+import logging
+from typing import Any, Dict, List, Optional
+
+import dace
+from dace import properties, serialize
+from dace.sdfg import nodes as sdnodes
+
+from daceml.onnx.nodes import ONNXOp
+
+log = logging.getLogger(__name__)
+
+
+@properties.make_properties
+class Pass:
+    """Base class of daceml's passes."""
+    LEVEL: int = 0
+
+    def __init__(self, **props: Any):
+        for k, v in props.items():
+            setattr(self, k, v)
+        self._detail = ""
+
+    @property
+    def detail(self) -> str:
+        """What the last ``apply`` did, in a few words."""
+        return self._detail
+
+    def apply(self, sdfg: dace.SDFG, model=None) -> int:
+        raise NotImplementedError(f"{type(self).__name__} must define apply()")
+
+    def to_json(self) -> Dict[str, Any]:
+        return {"pass": type(self).__name__, **serialize.all_properties_to_json(self)}
+
+    @staticmethod
+    def from_json(obj: Dict[str, Any]) -> "Pass":
+        cls = PASSES[obj["pass"]]
+        p = cls()
+        serialize.set_properties_from_json(p, {k: v for k, v in obj.items() if k != "pass"})
+        return p
+
+
+def _onnx_nodes(sdfg: dace.SDFG, op: Optional[str] = None):
+    for state in sdfg.states():
+        for node in list(state.nodes()):
+            if isinstance(node, ONNXOp) and (op is None or node.schema.name == op):
+                yield node, state
+
+
+def _single_consumer(state: dace.SDFGState, access: sdnodes.AccessNode) -> Optional[Any]:
+    outs = state.out_edges(access)
+    if len(outs) != 1 or state.in_degree(access) != 1:
+        return None
+    return outs[0]
+
+
+# --- level 1: graph ------------------------------------------------------------------------------
+
+
+@properties.make_properties
+class RemoveIdentities(Pass):
+    """Removes Identity nodes (and single-output Dropout in inference) between transients."""
+    LEVEL = 1
+
+    def apply(self, sdfg, model=None) -> int:
+        removed = 0
+        for node, state in list(_onnx_nodes(sdfg)):
+            if node.schema.name not in ("Identity", "Dropout") or len(node.out_connectors) != 1:
+                continue
+            if node.schema.name == "Dropout" and len(node.in_connectors) > 1:
+                continue  # ratio/training_mode inputs: not provably inference
+            (ie, ) = state.in_edges(node)
+            (oe, ) = state.out_edges(node)
+            src, dst = ie.src, oe.dst
+            if not (isinstance(src, sdnodes.AccessNode) and isinstance(dst, sdnodes.AccessNode)):
+                continue
+            if not sdfg.arrays[dst.data].transient:
+                continue
+            if sdfg.arrays[src.data].shape != sdfg.arrays[dst.data].shape:
+                continue
+            for e in list(state.out_edges(dst)):
+                state.add_edge(src, e.src_conn, e.dst, e.dst_conn, sdfg.make_array_memlet(src.data))
+                state.remove_edge(e)
+            state.remove_node(node)
+            state.remove_node(dst)
+            if not any(n.data == dst.data for s in sdfg.states() for n in s.data_nodes()):
+                sdfg.remove_data(dst.data, validate=False)
+            removed += 1
+        self._detail = f"{removed} identity node(s)"
+        return removed
+
+
+@properties.make_properties
+class MatMulAddToGemm(Pass):
+    """MatMul(A[M,K], B[K,N]) followed by Add with a bias of shape [N] -> one Gemm."""
+    LEVEL = 1
+
+    def apply(self, sdfg, model=None) -> int:
+        from daceml.onnx.nodes import node_class
+        fused = 0
+        for mm, state in list(_onnx_nodes(sdfg, "MatMul")):
+            out_edges = state.out_edges(mm)
+            if len(out_edges) != 1:
+                continue
+            tmp = out_edges[0].dst
+            if not sdfg.arrays[tmp.data].transient:
+                continue
+            consumer = _single_consumer(state, tmp)
+            if consumer is None or not isinstance(consumer.dst, ONNXOp) or consumer.dst.schema.name != "Add":
+                continue
+            add = consumer.dst
+            other_conn = "B" if consumer.dst_conn == "A" else "A"
+            bias_edge = next(iter(state.in_edges_by_connector(add, other_conn)))
+            a_edge = next(iter(state.in_edges_by_connector(mm, "A")))
+            b_edge = next(iter(state.in_edges_by_connector(mm, "B")))
+            a, b, c = (sdfg.arrays[e.data.data] for e in (a_edge, b_edge, bias_edge))
+            out = state.out_edges(add)[0]
+            if len(a.shape) != 2 or len(b.shape) != 2 or len(c.shape) != 1 or c.shape[0] != b.shape[1]:
+                continue
+            if a.dtype != c.dtype:
+                continue
+            gemm = node_class("Gemm", 13)(f"{mm.label}_gemm", inputs=["A", "B", "C"], outputs=["Y"])
+            state.add_node(gemm)
+            state.add_edge(a_edge.src, a_edge.src_conn, gemm, "A", a_edge.data)
+            state.add_edge(b_edge.src, b_edge.src_conn, gemm, "B", b_edge.data)
+            state.add_edge(bias_edge.src, bias_edge.src_conn, gemm, "C", bias_edge.data)
+            state.add_edge(gemm, "Y", out.dst, out.dst_conn, out.data)
+            for n in (mm, add, tmp):
+                state.remove_node(n)
+            sdfg.remove_data(tmp.data, validate=False)
+            fused += 1
+        self._detail = f"{fused} MatMul+Add pair(s)"
+        return fused
+
+
+# --- level 2: operator ---------------------------------------------------------------------------
+
+#: per device: op -> implementation names to prefer when they apply
+FAST_IMPLEMENTATIONS: Dict[str, Dict[str, List[str]]] = {
+    "cpu": {"MatMul": ["blas"], "Gemm": ["blas"], "Conv": ["im2col_blas"]},
+    "cuda": {},
+}
+
+
+@properties.make_properties
+class ChooseImplementations(Pass):
+    """Sets each ONNX node's implementation to the fastest one that applies (by device)."""
+    LEVEL = 2
+    device = properties.Property(dtype=str, default="cpu", desc="target device (cpu or cuda)")
+
+    def apply(self, sdfg, model=None) -> int:
+        from daceml.onnx.ops import registry
+        chosen = 0
+        prefs = FAST_IMPLEMENTATIONS.get(self.device, {})
+        picks: Dict[str, int] = {}
+        for node, state in _onnx_nodes(sdfg):
+            if node.implementation:
+                continue
+            impls = registry.implementations(node.schema.name)
+            for name in prefs.get(node.schema.name, []):
+                if name in impls and registry._reason(impls[name], node, state, sdfg) is None:
+                    node.implementation = name
+                    chosen += 1
+                    picks[f"{node.schema.name}->{name}"] = picks.get(f"{node.schema.name}->{name}", 0) + 1
+                    break
+        self._detail = ", ".join(f"{k} x{v}" for k, v in sorted(picks.items()))
+        return chosen
+
+
+@properties.make_properties
+class ExpandLibraryNodes(Pass):
+    """Expands every library node into DaCe-native dataflow (through the registry)."""
+    LEVEL = 2
+
+    def apply(self, sdfg, model=None) -> int:
+        count = sum(1 for _ in _onnx_nodes(sdfg))
+        sdfg.expand_library_nodes(recursive=True)
+        self._detail = f"{count} node(s) expanded"
+        return count
+
+
+# --- level 3: fusion -----------------------------------------------------------------------------
+
+
+@properties.make_properties
+class InlineAndSimplify(Pass):
+    """Inlines the nested SDFGs of the expansions and runs DaCe's simplification."""
+    LEVEL = 3
+
+    def apply(self, sdfg, model=None) -> int:
+        before = len(list(sdfg.all_sdfgs_recursive()))
+        sdfg.simplify()
+        after = len(list(sdfg.all_sdfgs_recursive()))
+        self._detail = f"nested SDFGs {before} -> {after}"
+        return max(before - after, 0) or 1
+
+
+@properties.make_properties
+class FuseMaps(Pass):
+    """Fuses producer/consumer maps with matching ranges (elementwise chains) through DaCe's MapFusion."""
+    LEVEL = 3
+
+    def apply(self, sdfg, model=None) -> int:
+        from dace.transformation.dataflow import MapFusion
+        n = sdfg.apply_transformations_repeated(MapFusion, validate=False)
+        self._detail = f"{n} fusion(s)"
+        return n
+
+
+# --- level 4: data movement ----------------------------------------------------------------------
+
+
+@properties.make_properties
+class PersistentTransients(Pass):
+    """Allocates top-level transients of parameter-determined size once per program, not per call."""
+    LEVEL = 4
+
+    def apply(self, sdfg, model=None) -> int:
+        from dace.transformation.auto.auto_optimize import make_transients_persistent
+        result = make_transients_persistent(sdfg, dace.DeviceType.CPU)
+        n = sum(len(v) for v in result.values())
+        self._detail = f"{n} array(s) made persistent"
+        return n
+
+
+@properties.make_properties
+class ReuseTransients(Pass):
+    """Lets transients whose lifetimes do not overlap share memory (DaCe TransientReuse)."""
+    LEVEL = 4
+
+    def apply(self, sdfg, model=None) -> int:
+        from dace.transformation.passes.transient_reuse import TransientReuse
+        res = TransientReuse().apply_pass(sdfg, {})
+        n = len(res) if res else 0
+        self._detail = f"{n} array(s) reuse memory"
+        return n
+
+
+PASSES = {c.__name__: c for c in (RemoveIdentities, MatMulAddToGemm, ChooseImplementations, ExpandLibraryNodes,
+                                  InlineAndSimplify, FuseMaps, PersistentTransients, ReuseTransients)}
+
+
+def level_passes(level: int, device: str = "cpu") -> List[Pass]:
+    """A fresh list of the passes of ``level``, in order."""
+    if level == 1:
+        return [RemoveIdentities(), MatMulAddToGemm()]
+    if level == 2:
+        return [ChooseImplementations(device=device), ExpandLibraryNodes()]
+    if level == 3:
+        return [InlineAndSimplify(), FuseMaps()]
+    if level == 4:
+        return [PersistentTransients()]
+    raise ValueError(f"no level {level}; levels are 1..4")
