@@ -136,14 +136,15 @@ def _build_into(sdfg: dace.SDFG, folder: str, validate: bool) -> None:
     try:
         dace_compiler.configure_and_compile(folder, sdfg.name)
     except (dace_cgx.CompilationError, dace_cgx.CompilerConfigurationError) as ex:
-        failed_dir = os.path.join(config.settings.cache_dir, "failed")
-        os.makedirs(failed_dir, exist_ok=True)
-        log_path = os.path.join(failed_dir, f"{sdfg.name}-{uuid.uuid4().hex[:8]}.log")
+        kept = os.path.join(config.settings.cache_dir, "failed", f"{sdfg.name}-{uuid.uuid4().hex[:8]}")
+        os.makedirs(kept, exist_ok=True)
+        log_path = os.path.join(kept, "compiler-output.log")
         with open(log_path, "w") as f:
             f.write(str(ex))
+        shutil.copytree(os.path.join(folder, "src"), os.path.join(kept, "src"), dirs_exist_ok=True)
         raise CompilationError(f"compiling program {sdfg.name!r} failed; first errors:\n"
-                               f"{_summarise_compiler_output(str(ex))}\n"
-                               f"full compiler output: {log_path}; generated sources: {folder}/src") from None
+                               f"{_summarise_compiler_output(str(ex).replace(folder, kept))}\n"
+                               f"full compiler output: {log_path}; generated sources: {kept}/src") from None
 
 
 def _clean_stale_temporaries(cache_dir: str) -> None:

@@ -1,0 +1,156 @@
+"""Implementations that call BLAS (OpenBLAS on the CPU), selected like cuBLAS on the GPU.
+
+Ops: MatMul (every batch/broadcast/1-D case; an N-D x 2-D product is one GEMM
+over all rows), Gemm (transA/transB/alpha/beta, C broadcast).
+
+Each expands into one C++ tasklet over whole arrays that calls cblas_sgemm /
+cblas_dgemm. They are chosen by level 2 of the pipeline (ChooseImplementations)
+or per node (``node.implementation = "blas"``); the pure implementations stay
+the default of an unoptimized import.
+"""
+from typing import List, Sequence
+
+import dace
+
+from daceml.onnx.ops.common import is_one, nested_sdfg
+from daceml.onnx.ops.registry import Implementation, op_implementation
+from daceml.targets.cpu import OpenBLAS
+
+_GEMM = {dace.float32: ("cblas_sgemm", "float"), dace.float64: ("cblas_dgemm", "double")}
+
+
+def _why_not_dtype(node, state, sdfg, conns: Sequence[str]):
+    if not OpenBLAS.is_installed():
+        return "OpenBLAS is not installed (Debian libopenblas-dev)"
+    for c in conns:
+        dtype = node.in_desc(state, sdfg, c).dtype
+        if dtype not in _GEMM:
+            return f"input {c!r} is {dtype}; BLAS GEMM takes float32 or float64"
+    return None
+
+
+def _c(expr) -> str:
+    """A C++ expression for a (possibly symbolic) size."""
+    return f"(long long)({dace.symbolic.symstr(expr)})" if dace.symbolic.issymbolic(expr) else str(int(expr))
+
+
+def _prod(sizes: Sequence) -> str:
+    return " * ".join(_c(s) for s in sizes) if sizes else "1"
+
+
+def _tasklet(node, state, sdfg, inputs: List[str], code: str) -> dace.SDFG:
+    """A nested SDFG with one C++ tasklet running ``code``, which reads inputs through
+    ``const T* _<name>`` and writes through ``T* _out``."""
+    nsdfg, nstate, descs = nested_sdfg(node, state, sdfg, suffix="blas")
+    out = node.output_connectors()[0]
+    # DaCe hands arrays of one element to tasklets by value: take their address then.
+    prologue = []
+    in_types = {}
+    for c in inputs:
+        ctype = descs[c].dtype.ctype
+        if descs[c].total_size == 1:
+            in_types[f"_in_{c}"] = descs[c].dtype
+            prologue.append(f"const {ctype}* _{c} = &_in_{c};")
+        else:
+            in_types[f"_in_{c}"] = dace.pointer(descs[c].dtype)
+            prologue.append(f"const {ctype}* _{c} = _in_{c};")
+    tasklet = nstate.add_tasklet(f"{node.label}_blas", in_types, {"_out": dace.pointer(descs[out].dtype)},
+                                 "\n".join(prologue + [code]), language=dace.Language.CPP)
+    for c in inputs:
+        nstate.add_edge(nstate.add_read(c), None, tasklet, f"_in_{c}", dace.Memlet.from_array(c, descs[c]))
+    nstate.add_edge(tasklet, "_out", nstate.add_write(out), None, dace.Memlet.from_array(out, descs[out]))
+    return nsdfg
+
+
+@op_implementation("MatMul", name="blas")
+class BlasMatMul(Implementation):
+    """MatMul through cblas_?gemm: one call for N-D x 2-D, one per batch index otherwise."""
+    environments = [OpenBLAS]
+
+    @staticmethod
+    def why_not(node, state, sdfg):
+        reason = _why_not_dtype(node, state, sdfg, ["A", "B"])
+        if reason:
+            return reason
+        a, b = node.in_desc(state, sdfg, "A"), node.in_desc(state, sdfg, "B")
+        if a.dtype != b.dtype:
+            return f"A is {a.dtype} and B is {b.dtype}"
+        return None
+
+    @staticmethod
+    def expansion(node, state, sdfg):
+        a = list(node.in_desc(state, sdfg, "A").shape)
+        b = list(node.in_desc(state, sdfg, "B").shape)
+        dtype = node.in_desc(state, sdfg, "A").dtype
+        gemm, ctype = _GEMM[dtype]
+        a2 = a if len(a) >= 2 else [1] + a
+        b2 = b if len(b) >= 2 else b + [1]
+        m, k, n = a2[-2], a2[-1], b2[-1]
+        ba, bb = a2[:-2], b2[:-2]
+        call = ("{g}(CblasRowMajor, CblasNoTrans, CblasNoTrans, {m}, {n}, {k}, ({t})1, _A + {oa}, {k}, "
+                "_B + {ob}, {n}, ({t})0, _out + {oy}, {n});")
+        if not bb:
+            rows = _prod(ba + [m])
+            code = call.format(g=gemm, t=ctype, m=rows, n=_c(n), k=_c(k), oa="0", ob="0", oy="0")
+            return _tasklet(node, state, sdfg, ["A", "B"], code)
+        rank = max(len(ba), len(bb))
+        ba = [1] * (rank - len(ba)) + ba
+        bb = [1] * (rank - len(bb)) + bb
+        out_batch = [x if not is_one(x) else y for x, y in zip(ba, bb)]
+        lines = [f"const long long __nb = {_prod(out_batch)};",
+                 "for (long long __b = 0; __b < __nb; ++__b) {",
+                 "  long long __r = __b, __oa = 0, __ob = 0, __sa = 1, __sb = 1;"]
+        for d in reversed(range(rank)):
+            lines.append(f"  {{ const long long __i = __r % {_c(out_batch[d])}; __r /= {_c(out_batch[d])};")
+            if not is_one(ba[d]):
+                lines.append("    __oa += __i * __sa;")
+            if not is_one(bb[d]):
+                lines.append("    __ob += __i * __sb;")
+            lines.append(f"    __sa *= {_c(ba[d])}; __sb *= {_c(bb[d])}; }}")
+        lines.append("  " + call.format(g=gemm, t=ctype, m=_c(m), n=_c(n), k=_c(k), oa=f"__oa * {_c(m)} * {_c(k)}",
+                                        ob=f"__ob * {_c(k)} * {_c(n)}", oy=f"__b * {_c(m)} * {_c(n)}"))
+        lines.append("}")
+        return _tasklet(node, state, sdfg, ["A", "B"], "\n".join(lines))
+
+
+@op_implementation("Gemm", name="blas")
+class BlasGemm(Implementation):
+    """Gemm through one cblas_?gemm call; C (broadcast) is copied into Y first and scaled by beta."""
+    environments = [OpenBLAS]
+
+    @staticmethod
+    def why_not(node, state, sdfg):
+        conns = node.input_connectors()
+        reason = _why_not_dtype(node, state, sdfg, conns)
+        if reason:
+            return reason
+        dtypes = {node.in_desc(state, sdfg, c).dtype for c in conns}
+        if len(dtypes) != 1:
+            return f"inputs have different dtypes {sorted(map(str, dtypes))}"
+        return None
+
+    @staticmethod
+    def expansion(node, state, sdfg):
+        a = list(node.in_desc(state, sdfg, "A").shape)
+        b = list(node.in_desc(state, sdfg, "B").shape)
+        dtype = node.in_desc(state, sdfg, "A").dtype
+        gemm, ctype = _GEMM[dtype]
+        ta, tb = bool(node.transA or 0), bool(node.transB or 0)
+        alpha = 1.0 if node.alpha is None else float(node.alpha)
+        beta = 1.0 if node.beta is None else float(node.beta)
+        m, k = (a[1], a[0]) if ta else (a[0], a[1])
+        n = b[0] if tb else b[1]
+        M, N, K = _c(m), _c(n), _c(k)
+        lines = []
+        has_c = "C" in node.in_connectors
+        if has_c:
+            c = list(node.in_desc(state, sdfg, "C").shape)
+            c = [1] * (2 - len(c)) + c if len(c) < 2 else c
+            rows_one, cols_one = is_one(c[0]), is_one(c[1])
+            ci = f"{'0' if rows_one else '__i'} * {'1' if cols_one else N} + {'0' if cols_one else '__j'}"
+            lines += [f"for (long long __i = 0; __i < {M}; ++__i)",
+                      f"  for (long long __j = 0; __j < {N}; ++__j) _out[__i * {N} + __j] = _C[{ci}];"]
+        lines.append(f"{gemm}(CblasRowMajor, {'CblasTrans' if ta else 'CblasNoTrans'}, "
+                     f"{'CblasTrans' if tb else 'CblasNoTrans'}, {M}, {N}, {K}, ({ctype}){alpha!r}, _A, "
+                     f"{M if ta else K}, _B, {K if tb else N}, ({ctype}){beta if has_c else 0.0!r}, _out, {N});")
+        return _tasklet(node, state, sdfg, node.input_connectors(), "\n".join(lines))

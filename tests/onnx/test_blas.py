@@ -1,0 +1,87 @@
+"""BLAS implementations (OpenBLAS) of MatMul and Gemm against onnxruntime, every shape case."""
+import numpy as np
+import pytest
+from onnx import helper
+
+from daceml.onnx import ONNXModel
+from daceml.onnx.nodes import ONNXOp
+from daceml.testing.onnx_compare import make_model, run_onnxruntime
+
+
+def _all_blas(model: ONNXModel):
+    for node, _ in model.sdfg.all_nodes_recursive():
+        if isinstance(node, ONNXOp):
+            node.implementation = "blas"
+
+
+def check(model, inputs, rtol=1e-4, atol=1e-4):
+    expected = run_onnxruntime(model, inputs)
+    dm = ONNXModel(model)
+    _all_blas(dm)
+    got = dm(**inputs)
+    got = got if isinstance(got, tuple) else (got, )
+    for g, e in zip(got, expected):
+        assert g.shape == e.shape
+        np.testing.assert_allclose(g, e, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_matmul_cases(dtype):
+    rng = np.random.default_rng(0)
+    shapes = {  # A, B
+        "mm2d": ((5, 7), (7, 3)),
+        "nd_2d": ((2, 3, 5, 7), (7, 4)),
+        "batched": ((3, 5, 7), (3, 7, 2)),
+        "broadcast": ((2, 1, 5, 7), (1, 3, 7, 4)),
+        "vec_mat": ((7, ), (2, 7, 3)),
+        "mat_vec": ((2, 5, 7), (7, )),
+        "vec_vec": ((7, ), (7, )),
+    }
+    nodes, inputs, outputs = [], {}, []
+    for name, (sa, sb) in shapes.items():
+        inputs[f"{name}_a"] = rng.standard_normal(sa).astype(dtype)
+        inputs[f"{name}_b"] = rng.standard_normal(sb).astype(dtype)
+        nodes.append(helper.make_node("MatMul", [f"{name}_a", f"{name}_b"], [f"{name}_y"]))
+        outputs.append(f"{name}_y")
+    check(make_model(nodes, inputs, outputs), inputs, rtol=1e-5 if dtype == np.float64 else 1e-4)
+
+
+def test_gemm_cases():
+    rng = np.random.default_rng(1)
+    f = np.float32
+    a, at = rng.standard_normal((4, 6)).astype(f), rng.standard_normal((6, 4)).astype(f)
+    b, bt = rng.standard_normal((6, 3)).astype(f), rng.standard_normal((3, 6)).astype(f)
+    inputs = {"a": a, "at": at, "b": b, "bt": bt, "c_row": rng.standard_normal((3, )).astype(f),
+              "c_col": rng.standard_normal((4, 1)).astype(f), "c_full": rng.standard_normal((4, 3)).astype(f),
+              "c_scalar": np.array([0.5], f)}
+    nodes = [
+        helper.make_node("Gemm", ["a", "b", "c_row"], ["y0"]),
+        helper.make_node("Gemm", ["at", "bt", "c_col"], ["y1"], transA=1, transB=1, alpha=0.5, beta=2.0),
+        helper.make_node("Gemm", ["a", "bt", "c_full"], ["y2"], transB=1, beta=-1.0),
+        helper.make_node("Gemm", ["at", "b"], ["y3"], transA=1, alpha=3.0),
+        helper.make_node("Gemm", ["a", "b", "c_scalar"], ["y4"]),
+    ]
+    check(make_model(nodes, inputs, [f"y{i}" for i in range(5)]), inputs)
+
+
+def test_symbolic_batch():
+    import onnx
+    w = np.random.default_rng(2).standard_normal((16, 8)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "sym",
+                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 16])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 8])],
+                              [onnx.numpy_helper.from_array(w, "w")])
+    dm = ONNXModel(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]))
+    _all_blas(dm)
+    for n in (1, 9):
+        xv = np.random.default_rng(n).standard_normal((n, 16)).astype(np.float32)
+        np.testing.assert_allclose(dm(xv), xv @ w, rtol=1e-5, atol=1e-5)
+
+
+def test_blas_does_not_apply_to_integers():
+    from daceml.onnx.ops import registry
+    a = np.ones((2, 2), np.int64)
+    dm = ONNXModel(make_model([helper.make_node("MatMul", ["a", "b"], ["y"])], {"a": a, "b": a}, ["y"]))
+    (node, state) = [(n, s) for n, s in dm.sdfg.all_nodes_recursive() if isinstance(n, ONNXOp)][0]
+    reason = registry.why_not_all(node, state, dm.sdfg)["blas"]
+    assert "int64" in reason and "float32 or float64" in reason
