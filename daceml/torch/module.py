@@ -70,10 +70,11 @@ class DaceModule(nn.Module):
     :param dynamic: keep dims symbolic, so one build serves all sizes.
     :param name: name of the generated program (default: the module's class name).
     :param opset: ONNX opset to export with.
+    :param optimize_level: levels of the lowering pipeline to run (0: none, 4: all; see daceml.optimize).
     """
 
     def __init__(self, module: nn.Module, dummy_inputs: Optional[Sequence[Any]] = None, *, dynamic: bool = False,
-                 name: Optional[str] = None, opset: int = 20):
+                 name: Optional[str] = None, opset: int = 20, optimize_level: int = 4):
         super().__init__()
         object.__setattr__(self, "_wrapped", module)
         # Share the wrapped module's members: state_dict keys, train()/eval() and .to() act on them.
@@ -83,9 +84,10 @@ class DaceModule(nn.Module):
         self.dynamic = dynamic
         self.program_name = name or type(module).__name__
         self.opset = opset
+        self.optimize_level = optimize_level
         self._builds: Dict[Any, _Build] = {}
         self._hooks: Dict[str, "OrderedDict[str, Hook]"] = {
-            "post_import": OrderedDict(), "post_compile": OrderedDict()}
+            "post_import": OrderedDict(), "post_optimize": OrderedDict(), "post_compile": OrderedDict()}
         self._last: Optional[_Build] = None
         if dummy_inputs is not None:
             self._build_for(tuple(dummy_inputs), {})
@@ -109,6 +111,13 @@ class DaceModule(nn.Module):
 
     def prepend_post_import_hook(self, name: str, fn: Callable[[ONNXModel], None]) -> None:
         self._add_hook("post_import", name, fn, prepend=True)
+
+    def append_post_optimize_hook(self, name: str, fn: Callable[[ONNXModel], None]) -> None:
+        """``fn(onnx_model)`` runs after the optimization pipeline, before compiling."""
+        self._add_hook("post_optimize", name, fn, prepend=False)
+
+    def prepend_post_optimize_hook(self, name: str, fn: Callable[[ONNXModel], None]) -> None:
+        self._add_hook("post_optimize", name, fn, prepend=True)
 
     def append_post_compile_hook(self, name: str, fn: Callable[[Any], None]) -> None:
         """``fn(compiled_program)`` runs after compiling (or loading) a program."""
@@ -166,6 +175,11 @@ class DaceModule(nn.Module):
             raise RuntimeError(f"{self.program_name}: the exported graph takes {len(model.inputs)} inputs "
                                f"{model.inputs}, the call has {len(tensor_positions)} tensor arguments")
         for fn in self._hooks["post_import"].values():
+            fn(model)
+        if self.optimize_level:
+            from daceml.transformation import optimize
+            optimize(model, level=self.optimize_level)
+        for fn in self._hooks["post_optimize"].values():
             fn(model)
         program = model.compile()
         for fn in self._hooks["post_compile"].values():
