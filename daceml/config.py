@@ -121,6 +121,7 @@ def snapshot() -> Dict[str, Any]:
         "dace_version": dace.__version__,
         "linker_args": dace.Config.get("compiler", "linker", "args"),
         "cpu_libs": dace.Config.get("compiler", "cpu", "libs"),
+        "build_type": dace.Config.get("compiler", "build_type"),
     }
 
 
@@ -128,6 +129,8 @@ def apply_dace_settings() -> None:
     """Writes daceml's choices into DaCe's global configuration."""
     import dace
     dace.Config.set("compiler", "cpu", "args", value=settings.cpu_compiler_args)
+    # DaCe's default build type (RelWithDebInfo) appends -O2 after our -O3.
+    dace.Config.set("compiler", "build_type", value="Release")
     # daceml keys builds by content hash itself; DaCe must not reuse by name.
     dace.Config.set("compiler", "use_cache", value=False)
     dace.Config.set("cache", value="unique")
