@@ -112,3 +112,128 @@ def constant_input(node, state: dace.SDFGState, sdfg: dace.SDFG, connector: str)
     if not edges:
         return None
     return getattr(sdfg, "_daceml_constants", {}).get(edges[0].data.data)
+
+
+# --- C++ tasklets in maps (used by conv_pool.py, normalization.py) ------------------------------
+
+def cpp(expr) -> str:
+    """C++ text of a size expression (an int or a DaCe symbolic expression)."""
+    if symbolic.issymbolic(expr):
+        return "(" + symbolic.symstr(expr, cpp_mode=True) + ")"
+    return str(int(expr))
+
+
+def add_cpp_map(state: dace.SDFGState, name: str, ranges: Dict[str, str], inputs: Dict[str, dace.Memlet],
+                outputs: Dict[str, dace.Memlet], code: str, **kwargs):
+    """A map over ``ranges`` (parallel over all its dims, OpenMP ``collapse``) around one C++
+    tasklet. Memlets of more than one element give pointer connectors to the subset's first
+    element. ``kwargs`` go to ``add_mapped_tasklet`` (e.g. ``input_nodes``/``output_nodes`` to
+    share an access node between maps). Returns (tasklet, map_entry, map_exit)."""
+    tasklet, entry, exit_ = state.add_mapped_tasklet(name, ranges, inputs=inputs, code=code, outputs=outputs,
+                                                     language=dace.Language.CPP, external_edges=True, **kwargs)
+    entry.map.collapse = max(1, len(ranges))
+    return tasklet, entry, exit_
+
+
+def add_cpp_array_kernel(state: dace.SDFGState, name: str, ranges: Dict[str, str], descs: Dict[str, dt.Data],
+                         inputs: Dict[str, str], outputs: Dict[str, str], code: str, code_global: str = ""):
+    """Like :func:`add_cpp_map`, but every connector (``{connector: array}``) gets the whole
+    array as a pointer, also for arrays of one element; the C++ code indexes it with
+    ``desc.strides`` and may use the map parameters. ``code_global`` (e.g. a kernel
+    function behind an include guard) is emitted once at file scope."""
+    ins = {c: dace.Memlet.from_array(a, descs[a]) for c, a in inputs.items()}
+    outs = {c: dace.Memlet.from_array(a, descs[a]) for c, a in outputs.items()}
+    tasklet, entry, exit_ = add_cpp_map(state, name, ranges, ins, outs, code)
+    for c, a in inputs.items():
+        tasklet.in_connectors[c] = dace.pointer(descs[a].dtype)
+    for c, a in outputs.items():
+        tasklet.out_connectors[c] = dace.pointer(descs[a].dtype)
+    if code_global:
+        tasklet.code_global = dace.properties.CodeBlock(code_global, dace.Language.CPP)
+    return tasklet, entry, exit_
+
+
+# --- C++ helper code shared by generated tasklets ------------------------------------------------
+
+def add_helper_code(sdfg: dace.SDFG, name: str, code: str) -> None:
+    """Adds C++ ``code`` to the global code of ``sdfg`` once, inside an include guard named
+    after ``name`` (so copies that inlining moves into a parent SDFG do not clash)."""
+    guard = f"DACEML_HELPER_{name.upper()}"
+    existing = sdfg.global_code.get("frame")
+    if existing is not None and guard in existing.as_string:
+        return
+    sdfg.append_global_code(f"\n#ifndef {guard}\n#define {guard}\n{code.strip()}\n#endif  // {guard}\n")
+
+
+#: ``daceml_h2f(dace::float16) -> float`` and ``daceml_f2h(float) -> dace::float16``.
+#: DaCe 1.0.2's CPU ``half`` struct converts wrongly (its ``operator float`` returns the
+#: bit pattern as an integer value and its constructor truncates), so generated code
+#: converts through these (exact widening; narrowing rounds to nearest even, with
+#: subnormals, infinities and NaN).
+HALF_HELPERS = r"""
+#include <cstring>
+#include <cstdint>
+#ifdef __CUDACC__
+static inline __host__ __device__ float daceml_h2f(dace::float16 h) { return __half2float(h); }
+static inline __host__ __device__ dace::float16 daceml_f2h(float f) { return __float2half(f); }
+#else
+static inline float daceml_h2f(dace::float16 h) {
+    uint32_t sign = (uint32_t)(h.h & 0x8000u) << 16;
+    uint32_t exp = (h.h >> 10) & 0x1fu, mant = h.h & 0x3ffu, bits;
+    if (exp == 0x1f) {
+        bits = sign | 0x7f800000u | (mant << 13);
+    } else if (exp != 0) {
+        bits = sign | ((exp + 112u) << 23) | (mant << 13);
+    } else if (mant == 0) {
+        bits = sign;
+    } else {
+        uint32_t e = 113;
+        while ((mant & 0x400u) == 0) { mant <<= 1; --e; }
+        bits = sign | ((e - 1u) << 23) | ((mant & 0x3ffu) << 13);
+    }
+    float f;
+    std::memcpy(&f, &bits, sizeof f);
+    return f;
+}
+static inline dace::float16 daceml_f2h(float f) {
+    uint32_t x;
+    std::memcpy(&x, &f, sizeof x);
+    uint32_t sign = x & 0x80000000u;
+    x ^= sign;
+    uint16_t o;
+    if (x >= 0x47800000u) {
+        o = x > 0x7f800000u ? 0x7e00u : 0x7c00u;
+    } else if (x < 0x38800000u) {
+        const uint32_t magic_bits = 0x3f000000u;
+        float magic, v;
+        std::memcpy(&magic, &magic_bits, sizeof magic);
+        std::memcpy(&v, &x, sizeof v);
+        v += magic;
+        uint32_t r;
+        std::memcpy(&r, &v, sizeof r);
+        o = (uint16_t)(r - magic_bits);
+    } else {
+        uint32_t odd = (x >> 13) & 1u;
+        x += 0xc8000fffu + odd;
+        o = (uint16_t)(x >> 13);
+    }
+    dace::float16 h(0.0f);
+    h.h = (uint16_t)(o | (sign >> 16));
+    return h;
+}
+#endif
+"""
+
+
+def use_half_helpers(sdfg: dace.SDFG) -> None:
+    """Makes ``daceml_h2f`` / ``daceml_f2h`` (see :data:`HALF_HELPERS`) available to ``sdfg``'s code."""
+    add_helper_code(sdfg, "half", HALF_HELPERS)
+
+
+def pointer_connectors(node, state: dace.SDFGState, sdfg: dace.SDFG) -> None:
+    """Makes every connector of ``node`` a pointer, so that arrays of one element reach the
+    expansion's nested SDFG as arrays (DaCe passes one-element memlets by value otherwise);
+    for expansions whose C++ tasklets index ``x[0]`` or pass ``x`` on as a pointer."""
+    for conns, getter in ((node.in_connectors, node.in_desc), (node.out_connectors, node.out_desc)):
+        for conn in list(conns):
+            conns[conn] = dace.pointer(getter(state, sdfg, conn).dtype)

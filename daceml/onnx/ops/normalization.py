@@ -1,0 +1,524 @@
+"""Normalization and the softmax family.
+
+Ops: BatchNormalization (inference), LayerNormalization (with the optional Mean and
+InvStdDev outputs), InstanceNormalization, GroupNormalization, LRN, Softmax,
+LogSoftmax, Hardmax.
+
+Every implementation here is ``pure``: one DaCe map over the independent rows
+(parallel over all of its dims) around one C++ tasklet that loops over the row:
+max, then exp-sum, then normalize for softmax (numerically stable); mean, then
+variance of the deviations, then normalize for the norms (two passes, no
+catastrophic cancellation). Rows are contiguous, or for Softmax at opset >= 13
+along an inner axis, strided. Sizes may be symbolic (batch, sequence length);
+channel counts of GroupNormalization must be static.
+
+Softmax, LogSoftmax and Hardmax follow their opset: before 13 the input is
+coerced to 2-D at ``axis`` (default 1) and each row of that matrix is
+normalized; from 13 on, the op works along the single ``axis`` (default -1).
+"""
+import math
+from typing import Dict, Sequence
+
+import dace
+
+from daceml.errors import InvalidNodeError
+from daceml.onnx.ops.common import add_cpp_map, cpp, is_one, nested_sdfg, normalize_axis
+from daceml.onnx.ops.registry import Implementation, op_implementation
+
+_FLOATS = (dace.float32, dace.float64)
+
+
+class _Reject(Exception):
+    """Raised by the checks; why_not turns it into its reason."""
+
+
+def _floats(node, state, sdfg, conns: Sequence[str]) -> None:
+    for c in conns:
+        dtype = node.in_desc(state, sdfg, c).dtype
+        if dtype not in _FLOATS:
+            raise _Reject(f"input {c!r} has element type {dtype.to_string()}; the pure implementation supports "
+                          f"float32 and float64")
+
+
+class _PureBase(Implementation):
+    """why_not from a ``check`` that raises _Reject; expansion re-raises it naming the node."""
+
+    @classmethod
+    def check(cls, node, state, sdfg):
+        _floats(node, state, sdfg, node.input_connectors())
+
+    @classmethod
+    def checked(cls, node, state, sdfg):
+        try:
+            return cls.check(node, state, sdfg)
+        except _Reject as ex:
+            raise InvalidNodeError(f"{node.describe()}: {ex}") from None
+
+    @classmethod
+    def why_not(cls, node, state, sdfg):
+        try:
+            cls.check(node, state, sdfg)
+        except _Reject as ex:
+            return str(ex)
+        return None
+
+
+def _ranges(shape: Sequence, dims: Sequence[int]) -> Dict[str, str]:
+    """Map ranges over ``dims`` of ``shape`` (params ``__i<dim>``); one iteration if none."""
+    if not dims:
+        return {"__r": "0:1"}
+    return {f"__i{d}": f"0:{cpp(shape[d])}" for d in dims}
+
+
+def _row_subset(name: str, shape: Sequence, map_dims: Sequence[int], unit_dims: Sequence[int] = ()) -> str:
+    """``name[...]``: map params in ``map_dims``, 0 in ``unit_dims``, the full range elsewhere."""
+    idx = []
+    for d, s in enumerate(shape):
+        if d in map_dims:
+            idx.append(f"__i{d}")
+        elif d in unit_dims:
+            idx.append("0")
+        else:
+            idx.append(f"0:{cpp(s)}")
+    return f"{name}[{','.join(idx)}]"
+
+
+def _bcast_flat(param_shape: Sequence, target_shape: Sequence, var: str) -> str:
+    """C++ index into a row-major array of ``param_shape`` broadcast (right-aligned) to
+    ``target_shape``, given the flat row-major index ``var`` into the target."""
+    if all(is_one(s) for s in param_shape):
+        return "0"
+    offset = len(target_shape) - len(param_shape)
+    if offset < 0:
+        raise _Reject(f"shape {tuple(param_shape)} does not broadcast to {tuple(target_shape)}")
+    padded = [1] * offset + list(param_shape)
+    if all(is_one(p) or p == t for p, t in zip(padded, target_shape)) and \
+            [p for p in padded] == list(target_shape):
+        return var
+    terms = []
+    for d, (p, t) in enumerate(zip(padded, target_shape)):
+        if is_one(p):
+            continue
+        if p != t:
+            raise _Reject(f"shape {tuple(param_shape)} does not broadcast to {tuple(target_shape)}")
+        inner = math.prod(target_shape[d + 1:])
+        pstride = math.prod(padded[d + 1:])
+        terms.append(f"(({var} / {cpp(inner)}) % {cpp(t)}) * {cpp(pstride)}")
+    return " + ".join(terms) or "0"
+
+
+def _normalize_code(T: str, n: str, x: str = "__x", y: str = "__y", eps: str = "1e-5",
+                    scale=None, bias=None) -> str:
+    """Mean, then variance of the deviations, then ``y = (x - mean) * inv * scale + bias`` over
+    ``n`` contiguous elements; leaves ``__mean`` and ``__inv`` defined. ``scale``/``bias``:
+    C++ expressions of ``__j`` (the flat index) or None."""
+    s = f" * {scale}" if scale else ""
+    b = f" + {bias}" if bias else ""
+    return f"""{T} __mean = 0;
+{_SIMD} reduction(+:__mean)
+for (long long __j = 0; __j < {n}; ++__j) __mean += {x}[__j];
+__mean /= ({T})({n});
+{T} __var = 0;
+{_SIMD} reduction(+:__var)
+for (long long __j = 0; __j < {n}; ++__j) {{ const {T} __d = {x}[__j] - __mean; __var += __d * __d; }}
+__var /= ({T})({n});
+const {T} __inv = ({T})1 / std::sqrt(__var + ({T})({eps}));
+{_SIMD}
+for (long long __j = 0; __j < {n}; ++__j) {y}[__j] = ({x}[__j] - __mean) * __inv{s}{b};
+"""
+
+
+#: loops marked for vectorization (reductions reassociated); needs -fopenmp, which DaCe passes
+_SIMD = "#pragma omp simd"
+
+
+def _exp_code(T: str, arg: str, out: str) -> str:
+    """Statements computing ``const T out = exp(arg)`` for ``arg <= 0`` (softmax's shifted
+    logits). For float a Cephes-style polynomial (about 1 ulp) that compilers vectorize
+    without -ffast-math, unlike libm's expf; 0 below float's range; NaN stays NaN."""
+    if T != "float":
+        return f"const {T} {out} = std::exp({arg});\n"
+    return f"""const float {out}_a = {arg};
+const float {out}_v = {out}_a < -87.33654f ? -87.33654f : {out}_a;
+const float {out}_t = {out}_v * 1.44269504088896341f;
+const int {out}_i = (int){out}_t;
+const float {out}_n = (float){out}_i > {out}_t ? (float)({out}_i - 1) : (float){out}_i;
+const float {out}_r = ({out}_v - {out}_n * 0.693359375f) + {out}_n * 2.12194440e-4f;
+float {out}_p = 1.9875691500e-4f;
+{out}_p = {out}_p * {out}_r + 1.3981999507e-3f;
+{out}_p = {out}_p * {out}_r + 8.3334519073e-3f;
+{out}_p = {out}_p * {out}_r + 4.1665795894e-2f;
+{out}_p = {out}_p * {out}_r + 1.6666665459e-1f;
+{out}_p = {out}_p * {out}_r + 5.0000001201e-1f;
+{out}_p = {out}_p * {out}_r * {out}_r + {out}_r + 1.0f;
+union {{ int i; float f; }} {out}_u; {out}_u.i = ((int){out}_n + 127) << 23;
+const float {out} = {out}_a < -87.33654f ? 0.0f : {out}_p * {out}_u.f;
+"""
+
+
+def _vector_softmax_code(kind: str, n: str) -> str:
+    """Softmax / LogSoftmax of a contiguous float row of ``n`` elements with explicit SIMD
+    vectors (GCC/Clang vector extensions), so it vectorizes at any optimization level."""
+    lanes = 8
+    load = "__builtin_memcpy(&__a, __x + __j, sizeof(__vt));"
+    code = f"""typedef float __vt __attribute__((vector_size({lanes * 4})));
+typedef int __vi __attribute__((vector_size({lanes * 4})));
+const long long __nv = {n} / {lanes} * {lanes};
+const float __inf = std::numeric_limits<float>::infinity();
+__vt __mv = __vt{{}} - __inf;
+for (long long __j = 0; __j < __nv; __j += {lanes}) {{ __vt __a; {load} __mv = __a > __mv ? __a : __mv; }}
+float __m = -__inf;
+for (int __l = 0; __l < {lanes}; ++__l) __m = __mv[__l] > __m ? __mv[__l] : __m;
+for (long long __j = __nv; __j < {n}; ++__j) __m = __x[__j] > __m ? __x[__j] : __m;
+const __vt __lo = __vt{{}} - 87.33654f;
+__vt __sv = {{}};
+for (long long __j = 0; __j < __nv; __j += {lanes}) {{
+  __vt __a; {load} __a -= __m;
+  const __vt __v = __a < __lo ? __lo : __a;
+  const __vt __t = __v * 1.44269504088896341f;
+  __vt __n = __builtin_convertvector(__builtin_convertvector(__t, __vi), __vt);
+  __n = __n > __t ? __n - 1.0f : __n;
+  const __vt __r = (__v - __n * 0.693359375f) + __n * 2.12194440e-4f;
+  __vt __p = __vt{{}} + 1.9875691500e-4f;
+  __p = __p * __r + 1.3981999507e-3f;
+  __p = __p * __r + 8.3334519073e-3f;
+  __p = __p * __r + 4.1665795894e-2f;
+  __p = __p * __r + 1.6666665459e-1f;
+  __p = __p * __r + 5.0000001201e-1f;
+  __p = __p * __r * __r + __r + 1.0f;
+  const __vi __bits = (__builtin_convertvector(__n, __vi) + 127) << 23;
+  const __vt __e = __a < __lo ? __vt{{}} : __p * (__vt)__bits;
+"""
+    if kind == "softmax":
+        code += "  __builtin_memcpy(__y + __j, &__e, sizeof(__vt));\n"
+    code += f"""  __sv += __e;
+}}
+float __s = 0;
+for (int __l = 0; __l < {lanes}; ++__l) __s += __sv[__l];
+for (long long __j = __nv; __j < {n}; ++__j) {{
+{_exp_code("float", "__x[__j] - __m", "__e")}"""
+    if kind == "softmax":
+        code += f"""  __y[__j] = __e;
+  __s += __e;
+}}
+const float __q = 1.0f / __s;
+for (long long __j = 0; __j < __nv; __j += {lanes}) {{
+  __vt __a; __builtin_memcpy(&__a, __y + __j, sizeof(__vt));
+  __a *= __q; __builtin_memcpy(__y + __j, &__a, sizeof(__vt));
+}}
+for (long long __j = __nv; __j < {n}; ++__j) __y[__j] *= __q;
+"""
+    else:
+        code += f"""  __s += __e;
+}}
+const float __q = __m + std::log(__s);
+for (long long __j = 0; __j < __nv; __j += {lanes}) {{
+  __vt __a; {load} __a -= __q; __builtin_memcpy(__y + __j, &__a, sizeof(__vt));
+}}
+for (long long __j = __nv; __j < {n}; ++__j) __y[__j] = __x[__j] - __q;
+"""
+    return code
+
+
+# --- softmax family --------------------------------------------------------------------------------
+
+class _SoftmaxBase(_PureBase):
+    kind = "softmax"
+
+    @classmethod
+    def check(cls, node, state, sdfg):
+        super().check(node, state, sdfg)
+        shape = node.in_desc(state, sdfg, "input").shape
+        rank = len(shape)
+        axis = node.axis if node.axis is not None else (1 if node.schema.since_version < 13 else -1)
+        try:
+            axis = normalize_axis(node, int(axis), rank)
+        except InvalidNodeError as ex:
+            raise _Reject(str(ex)) from None
+        if node.schema.since_version < 13:
+            reduce_dims = list(range(axis, rank))
+            stride = "1"
+        else:
+            reduce_dims = [axis]
+            stride = cpp(math.prod(shape[axis + 1:])) if axis + 1 < rank else "1"
+        return reduce_dims, stride
+
+    @classmethod
+    def expansion(cls, node, state, sdfg):
+        reduce_dims, stride = cls.checked(node, state, sdfg)
+        nsdfg, nstate, descs = nested_sdfg(node, state, sdfg)
+        x = descs["input"]
+        T = x.dtype.ctype
+        shape = list(x.shape)
+        map_dims = [d for d in range(len(shape)) if d not in reduce_dims]
+        n = cpp(math.prod([shape[d] for d in reduce_dims]))
+        at = "[__j]" if stride == "1" else f"[__j * {stride}]"
+        loop = f"for (long long __j = 0; __j < {n}; ++__j)"
+        code = f"{T} __m = -std::numeric_limits<{T}>::infinity();\n"
+        if cls.kind != "hardmax" and T == "float" and stride == "1":
+            code = _vector_softmax_code(cls.kind, n)
+        elif cls.kind == "hardmax":
+            code += f"long long __a = 0;\n{loop} if (__x{at} > __m) {{ __m = __x{at}; __a = __j; }}\n"
+            code += f"{_SIMD}\n{loop} __y{at} = 0;\n"
+            code += "__y[__a * " + stride + "] = 1;\n"
+        else:
+            code += f"{_SIMD} reduction(max:__m)\n{loop} __m = __x{at} > __m ? __x{at} : __m;\n{T} __s = 0;\n"
+            exp = _exp_code(T, f"__x{at} - __m", "__e")
+            if cls.kind == "softmax":
+                code += (f"{_SIMD} reduction(+:__s)\n{loop} {{\n{exp}__y{at} = __e; __s += __e;\n}}\n"
+                         f"const {T} __r = ({T})1 / __s;\n{_SIMD}\n{loop} __y{at} *= __r;\n")
+            else:
+                code += (f"{_SIMD} reduction(+:__s)\n{loop} {{\n{exp}__s += __e;\n}}\n"
+                         f"const {T} __l = __m + std::log(__s);\n{_SIMD}\n{loop} __y{at} = __x{at} - __l;\n")
+        inputs = {"__x": dace.Memlet(_row_subset("input", shape, map_dims))}
+        outputs = {"__y": dace.Memlet(_row_subset("output", shape, map_dims))}
+        add_cpp_map(nstate, f"{node.label}_{cls.kind}", _ranges(shape, map_dims), inputs, outputs, code)
+        return nsdfg
+
+
+@op_implementation("Softmax", name="pure")
+class PureSoftmax(_SoftmaxBase):
+    """Softmax: a map over rows; max, exp-sum and scale in three loops over the row."""
+    kind = "softmax"
+
+
+@op_implementation("LogSoftmax", name="pure")
+class PureLogSoftmax(_SoftmaxBase):
+    """LogSoftmax: a map over rows; ``x - max - log(sum(exp(x - max)))``."""
+    kind = "logsoftmax"
+
+
+@op_implementation("Hardmax", name="pure")
+class PureHardmax(_SoftmaxBase):
+    """Hardmax: a map over rows; 1 at the first maximum, 0 elsewhere."""
+    kind = "hardmax"
+
+
+# --- batch / instance / group / layer norm --------------------------------------------------------
+
+@op_implementation("BatchNormalization", name="pure")
+class PureBatchNormalization(_PureBase):
+    """BatchNormalization in inference mode (running mean and variance): a map over
+    (batch, channel), the per-channel affine transform applied along the image."""
+
+    @classmethod
+    def check(cls, node, state, sdfg):
+        super().check(node, state, sdfg)
+        if getattr(node, "training_mode", 0):
+            raise _Reject("training_mode=1 is not supported (inference only: running mean and variance)")
+        if getattr(node, "spatial", 1) == 0:
+            raise _Reject("spatial=0 (per-activation statistics) is not supported")
+        extra = node.output_connectors()[1:]
+        if extra:
+            raise _Reject(f"outputs {extra} exist only in training mode, which is not supported")
+        conns = node.input_connectors()
+        if len(conns) != 5:
+            raise _Reject(f"expected 5 inputs (X, scale, B, mean, var), got {conns}")
+        x = node.in_desc(state, sdfg, conns[0])
+        if len(x.shape) < 2:
+            raise _Reject(f"input X has rank {len(x.shape)}; expected (N, C, ...)")
+        for c in conns[1:]:
+            shape = node.in_desc(state, sdfg, c).shape
+            if len(shape) != 1 or shape[0] != x.shape[1]:
+                raise _Reject(f"input {c!r} has shape {tuple(shape)}, expected ({x.shape[1]},)")
+        return conns
+
+    @classmethod
+    def expansion(cls, node, state, sdfg):
+        conns = cls.checked(node, state, sdfg)
+        nsdfg, nstate, descs = nested_sdfg(node, state, sdfg)
+        xname, yname = conns[0], node.output_connectors()[0]
+        x = descs[xname]
+        T = x.dtype.ctype
+        shape = list(x.shape)
+        eps = repr(float(node.epsilon if node.epsilon is not None else 1e-5))
+        n = cpp(math.prod(shape[2:])) if len(shape) > 2 else "1"
+        inputs = {"__x": dace.Memlet(_row_subset(xname, shape, [0, 1]))}
+        for k, c in zip(("__s", "__b", "__mu", "__v"), conns[1:]):
+            inputs[k] = dace.Memlet(f"{c}[__i1]")
+        outputs = {"__y": dace.Memlet(_row_subset(yname, shape, [0, 1]))}
+        code = f"""const {T} __a = __s / std::sqrt(__v + ({T})({eps}));
+const {T} __c = __b - __mu * __a;
+for (long long __j = 0; __j < {n}; ++__j) __y[__j] = __x[__j] * __a + __c;
+"""
+        add_cpp_map(nstate, f"{node.label}_batchnorm", _ranges(shape, [0, 1]), inputs, outputs, code)
+        return nsdfg
+
+
+@op_implementation("InstanceNormalization", name="pure")
+class PureInstanceNormalization(_PureBase):
+    """InstanceNormalization: a map over (batch, channel), normalizing each image plane."""
+
+    @classmethod
+    def check(cls, node, state, sdfg):
+        super().check(node, state, sdfg)
+        x = node.in_desc(state, sdfg, "input")
+        if len(x.shape) < 3:
+            raise _Reject(f"input has rank {len(x.shape)}; expected (N, C, D1, ...)")
+        for c in ("scale", "B"):
+            shape = node.in_desc(state, sdfg, c).shape
+            if len(shape) != 1 or shape[0] != x.shape[1]:
+                raise _Reject(f"input {c!r} has shape {tuple(shape)}, expected ({x.shape[1]},)")
+
+    @classmethod
+    def expansion(cls, node, state, sdfg):
+        cls.checked(node, state, sdfg)
+        nsdfg, nstate, descs = nested_sdfg(node, state, sdfg)
+        x = descs["input"]
+        shape = list(x.shape)
+        eps = repr(float(node.epsilon if node.epsilon is not None else 1e-5))
+        inputs = {"__x": dace.Memlet(_row_subset("input", shape, [0, 1])),
+                  "__s": dace.Memlet("scale[__i1]"), "__b": dace.Memlet("B[__i1]")}
+        outputs = {"__y": dace.Memlet(_row_subset("output", shape, [0, 1]))}
+        code = _normalize_code(x.dtype.ctype, cpp(math.prod(shape[2:])), eps=eps, scale="__s", bias="__b")
+        add_cpp_map(nstate, f"{node.label}_instancenorm", _ranges(shape, [0, 1]), inputs, outputs, code)
+        return nsdfg
+
+
+@op_implementation("GroupNormalization", name="pure")
+class PureGroupNormalization(_PureBase):
+    """GroupNormalization: a map over (batch, group), normalizing the group's channels
+    together; scale and bias per group (opset 18) or per channel (opset 21)."""
+
+    @classmethod
+    def check(cls, node, state, sdfg):
+        super().check(node, state, sdfg)
+        x = node.in_desc(state, sdfg, "X")
+        if len(x.shape) < 2:
+            raise _Reject(f"input X has rank {len(x.shape)}; expected (N, C, ...)")
+        try:
+            c = int(x.shape[1])
+        except TypeError:
+            raise _Reject(f"the channel count {x.shape[1]} must be static") from None
+        g = int(node.num_groups)
+        if g < 1 or c % g:
+            raise _Reject(f"num_groups={g} does not divide the {c} channels")
+        per = g if node.schema.since_version < 21 else c
+        for name in ("scale", "bias"):
+            shape = node.in_desc(state, sdfg, name).shape
+            if len(shape) != 1 or shape[0] != per:
+                raise _Reject(f"input {name!r} has shape {tuple(shape)}, expected ({per},)")
+        return c, g, per == c
+
+    @classmethod
+    def expansion(cls, node, state, sdfg):
+        c, g, per_channel = cls.checked(node, state, sdfg)
+        nsdfg, nstate, descs = nested_sdfg(node, state, sdfg)
+        x = descs["X"]
+        shape = list(x.shape)
+        cg = c // g
+        plane = math.prod(shape[2:]) if len(shape) > 2 else 1
+        eps = repr(float(node.epsilon if node.epsilon is not None else 1e-5))
+        rest = "".join(f",0:{cpp(s)}" for s in shape[2:])
+        sub = f"__g*{cg}:__g*{cg}+{cg}{rest}"
+        ranges = {"__i0": f"0:{cpp(shape[0])}", "__g": f"0:{g}"}
+        if per_channel:
+            inputs = {"__s": dace.Memlet(f"scale[__g*{cg}:__g*{cg}+{cg}]"),
+                      "__b": dace.Memlet(f"bias[__g*{cg}:__g*{cg}+{cg}]")}
+            ch = f"(__j / {cpp(plane)})"
+            scale, bias = f"__s[{ch}]", f"__b[{ch}]"
+        else:
+            inputs = {"__s": dace.Memlet("scale[__g]"), "__b": dace.Memlet("bias[__g]")}
+            scale, bias = "__s", "__b"
+        inputs["__x"] = dace.Memlet(f"X[__i0,{sub}]")
+        outputs = {"__y": dace.Memlet(f"Y[__i0,{sub}]")}
+        code = _normalize_code(x.dtype.ctype, cpp(cg * plane), eps=eps, scale=scale, bias=bias)
+        add_cpp_map(nstate, f"{node.label}_groupnorm", ranges, inputs, outputs, code)
+        return nsdfg
+
+
+@op_implementation("LayerNormalization", name="pure")
+class PureLayerNormalization(_PureBase):
+    """LayerNormalization over the dims from ``axis`` on: a map over the leading dims,
+    mean / variance / normalize in three loops over each row; optional Mean and
+    InvStdDev outputs."""
+
+    @classmethod
+    def check(cls, node, state, sdfg):
+        super().check(node, state, sdfg)
+        shape = list(node.in_desc(state, sdfg, "X").shape)
+        try:
+            axis = normalize_axis(node, int(node.axis if node.axis is not None else -1), len(shape))
+        except InvalidNodeError as ex:
+            raise _Reject(str(ex)) from None
+        row = shape[axis:]
+        for c in ("Scale", "B"):
+            if c in node.in_connectors:
+                _bcast_flat(node.in_desc(state, sdfg, c).shape, row, "__j")
+        return axis
+
+    @classmethod
+    def expansion(cls, node, state, sdfg):
+        axis = cls.checked(node, state, sdfg)
+        nsdfg, nstate, descs = nested_sdfg(node, state, sdfg)
+        x = descs["X"]
+        T = x.dtype.ctype
+        shape = list(x.shape)
+        row = shape[axis:]
+        map_dims = list(range(axis))
+        eps = repr(float(node.epsilon if node.epsilon is not None else 1e-5))
+        inputs = {"__x": dace.Memlet(_row_subset("X", shape, map_dims)),
+                  "__s": dace.Memlet.from_array("Scale", descs["Scale"])}
+        scale = f"__s[{_bcast_flat(descs['Scale'].shape, row, '__j')}]"
+        bias = None
+        if "B" in node.in_connectors:
+            inputs["__b"] = dace.Memlet.from_array("B", descs["B"])
+            bias = f"__b[{_bcast_flat(descs['B'].shape, row, '__j')}]"
+        outputs = {"__y": dace.Memlet(_row_subset("Y", shape, map_dims))}
+        code = _normalize_code(T, cpp(math.prod(row)), eps=eps, scale=scale, bias=bias)
+        unit = list(range(axis, len(shape)))
+        for conn, var in (("Mean", "__mean"), ("InvStdDev", "__inv")):
+            if conn in node.out_connectors:
+                out_shape = descs[conn].shape
+                if len(out_shape) == len(shape):
+                    subset = _row_subset(conn, out_shape, map_dims, unit)
+                else:  # rank-0 stored as (1,)
+                    subset = f"{conn}[0]"
+                outputs[f"__out_{conn}"] = dace.Memlet(subset)
+                code += f"__out_{conn} = {var};\n"
+        add_cpp_map(nstate, f"{node.label}_layernorm", _ranges(shape, map_dims), inputs, outputs, code)
+        return nsdfg
+
+
+# --- LRN -------------------------------------------------------------------------------------------
+
+@op_implementation("LRN", name="pure")
+class PureLRN(_PureBase):
+    """LRN across channels: a map over (batch, channel), the window of neighbouring
+    channels summed for each pixel."""
+
+    @classmethod
+    def check(cls, node, state, sdfg):
+        super().check(node, state, sdfg)
+        x = node.in_desc(state, sdfg, "X")
+        if len(x.shape) < 2:
+            raise _Reject(f"input X has rank {len(x.shape)}; expected (N, C, ...)")
+        if node.size is None or int(node.size) < 1:
+            raise _Reject(f"size={node.size} must be a positive integer")
+
+    @classmethod
+    def expansion(cls, node, state, sdfg):
+        cls.checked(node, state, sdfg)
+        nsdfg, nstate, descs = nested_sdfg(node, state, sdfg)
+        x = descs["X"]
+        T = x.dtype.ctype
+        shape = list(x.shape)
+        size = int(node.size)
+        alpha = float(node.alpha if node.alpha is not None else 1e-4)
+        beta = float(node.beta if node.beta is not None else 0.75)
+        bias = float(node.bias if node.bias is not None else 1.0)
+        lo, hi = (size - 1) // 2, size - 1 - (size - 1) // 2
+        plane = cpp(math.prod(shape[2:])) if len(shape) > 2 else "1"
+        channels = cpp(shape[1])
+        inputs = {"__x": dace.Memlet(_row_subset("X", shape, [0]))}
+        outputs = {"__y": dace.Memlet(_row_subset("Y", shape, [0, 1]))}
+        code = f"""const long long __c0 = __i1 - {lo} < 0 ? 0 : __i1 - {lo};
+const long long __c1 = __i1 + {hi} >= {channels} ? {channels} - 1 : __i1 + {hi};
+for (long long __j = 0; __j < {plane}; ++__j) {{
+  {T} __sq = 0;
+  for (long long __c = __c0; __c <= __c1; ++__c) {{ const {T} __v = __x[__c * {plane} + __j]; __sq += __v * __v; }}
+  __y[__j] = __x[__i1 * {plane} + __j] / std::pow(({T}){bias!r} + ({T}){alpha / size!r} * __sq, ({T}){beta!r});
+}}
+"""
+        add_cpp_map(nstate, f"{node.label}_lrn", _ranges(shape, [0, 1]), inputs, outputs, code)
+        return nsdfg
