@@ -20,12 +20,45 @@ log = logging.getLogger(__name__)
 Dim = Union[int, dace.symbol]
 
 
-def infer(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Runs onnx shape inference (strict, with data propagation); errors name the node."""
+#: ops whose first output has the type and shape of their first input, where onnx's own
+#: inference leaves it unknown (GroupNormalization in onnx 1.23)
+SAME_AS_INPUT = {"GroupNormalization"}
+
+
+def _run(model: onnx.ModelProto) -> onnx.ModelProto:
     try:
         return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as ex:
         raise InvalidNodeError(f"ONNX shape inference failed: {ex}") from None
+
+
+def _typed(graph: onnx.GraphProto):
+    return {vi.name: vi for vi in list(graph.input) + list(graph.value_info) + list(graph.output)
+            if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape")}
+
+
+def infer(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Runs onnx shape inference (strict, with data propagation); errors name the node.
+    Fills in what onnx leaves unknown for the ops of :data:`SAME_AS_INPUT`."""
+    model = _run(model)
+    for _ in range(len(model.graph.node)):
+        typed = _typed(model.graph)
+        added = False
+        for node in model.graph.node:
+            if node.op_type in SAME_AS_INPUT and node.output[0] not in typed and node.input[0] in typed:
+                vi = onnx.ValueInfoProto()
+                vi.CopyFrom(typed[node.input[0]])
+                vi.name = node.output[0]
+                outputs = {o.name: o for o in model.graph.output}
+                if vi.name in outputs:
+                    outputs[vi.name].type.CopyFrom(vi.type)
+                else:
+                    model.graph.value_info.append(vi)
+                added = True
+        if not added:
+            break
+        model = _run(model)
+    return model
 
 
 class ShapeTable:
