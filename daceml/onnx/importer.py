@@ -360,16 +360,25 @@ class ONNXModel:
         """Runs the model on ``inputs`` (in graph-input order). ``weights`` replaces weights by
         ONNX name for this call (e.g. live torch parameters, passed by pointer). Returns the
         outputs as a list if ``as_list``, else one output or a tuple."""
+        program = self.compile()
+        arrays, symbols, results = self.arguments(inputs, weights, torch_outputs)
+        missing = [s for s in program.symbol_names if s not in symbols]
+        if missing:
+            raise InputError(f"model {self.name!r}: symbols {missing} are not determined by the input shapes")
+        program(**arrays, **symbols)
+        if as_list:
+            return results
+        return results[0] if len(results) == 1 else tuple(results)
+
+    def arguments(self, inputs: Sequence[Any], weights: Optional[Dict[str, Any]] = None,
+                  torch_outputs: bool = False) -> Tuple[Dict[str, Any], Dict[str, int], List[Any]]:
+        """Checks ``inputs`` and prepares a call: (arrays by SDFG name, symbol values, output buffers)."""
         if len(inputs) != len(self.inputs):
             raise InputError(f"model {self.name!r} takes {len(self.inputs)} input(s) {self.inputs}, got {len(inputs)}")
         symbols: Dict[str, int] = {}
         arrays: Dict[str, Any] = {}
         for name, value in zip(self.inputs, inputs):
             arrays[self._array(name)] = self._check_input(name, value, symbols)
-        program = self.compile()
-        missing = [s for s in program.symbol_names if s not in symbols]
-        if missing:
-            raise InputError(f"model {self.name!r}: symbols {missing} are not determined by the input shapes")
         for wname, value in self.weights.items():
             arrays[self._array(wname)] = self._weight_array(wname, value)
         if weights:
@@ -388,10 +397,7 @@ class ONNXModel:
             arrays[arr] = buf
             onnx_rank = len(self.table.shape(out) or ())
             results.append(buf.reshape(()) if onnx_rank == 0 else buf)
-        program(**arrays, **symbols)
-        if as_list:
-            return results
-        return results[0] if len(results) == 1 else tuple(results)
+        return arrays, symbols, results
 
     def _check_weight(self, name: str, value: Any) -> Any:
         if name not in self.weights:
