@@ -43,6 +43,12 @@ log = logging.getLogger(__name__)
 #: the op-family modules that register implementations when imported
 OP_MODULES = (
     "daceml.onnx.ops.elementwise",
+    "daceml.onnx.ops.reduction",
+    "daceml.onnx.ops.blas",
+    "daceml.onnx.ops.linalg",
+    "daceml.onnx.ops.shape",
+    "daceml.onnx.ops.conv_pool",
+    "daceml.onnx.ops.normalization",
 )
 
 
