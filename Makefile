@@ -34,5 +34,8 @@ test: setup
 test-all: setup
 	$(PY) -m pytest -n $(PYTEST_WORKERS) -q -m "" tests
 
+conformance: setup
+	$(PY) -m daceml.onnx.conformance --jobs 2 --out reports
+
 clean-cache:
 	rm -rf $${DACEML_CACHE_DIR:-$$HOME/.cache/daceml}

@@ -3,6 +3,8 @@
     daceml compile MODEL.onnx            import and compile (or load the cached build)
     daceml run MODEL.onnx [--dim N=4]    run on random inputs, compare with onnxruntime, time it
     daceml ops                           which implementations each ONNX op has
+    daceml gui MODEL [--port N] [--no-browser]   the browser GUI (MODEL: .onnx or file.py:ModuleClass)
+    daceml conformance [--only REGEX]    the ONNX node conformance suite, report in reports/
 """
 import argparse
 import logging
@@ -99,8 +101,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--repeat", type=int, default=10)
     p.add_argument("--atol", type=float, default=1e-4)
     p.set_defaults(func=cmd_run)
+    p = sub.add_parser("conformance", help="run the ONNX node conformance suite (pure implementations)",
+                       add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=lambda a: __import__("daceml.onnx.conformance", fromlist=["main"]).main(a.rest))
     p = sub.add_parser("ops", help="list the ops and their implementations")
     p.set_defaults(func=cmd_ops)
+    p = sub.add_parser("gui", help="open a model in the browser GUI (served on 127.0.0.1)")
+    p.add_argument("model", help="an .onnx file or path/to/file.py:ModuleClass")
+    p.add_argument("--port", type=int, default=0, help="port to listen on (default: any free port)")
+    p.add_argument("--no-browser", action="store_true", help="only print the URL")
+    p.add_argument("--dim", action="append", default=[], help="size of a symbolic dim, NAME=SIZE")
+    p.set_defaults(func=lambda a: __import__("daceml.gui", fromlist=["main"]).main(
+        a.model, port=a.port, open_browser=not a.no_browser, dims=_dims(a.dim)))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     from daceml.errors import DacemlError

@@ -287,6 +287,7 @@ def run(only: Optional[str] = None, jobs: int = 2, batch: int = 24, timeout: flo
     """Runs the suite (pure implementations only) and writes the report; returns its summary."""
     from daceml import config
     from daceml.onnx import ONNXModel
+    from daceml.errors import UnsupportedOpsError
     from daceml.onnx.ops import registry
     t0 = time.time()
     cases = collect(only)
@@ -302,6 +303,9 @@ def run(only: Optional[str] = None, jobs: int = 2, batch: int = 24, timeout: flo
             try:
                 ONNXModel(c.model, name=f"c_{c.name}")
                 importable[_opset(c.model)].append(c.name)
+            except UnsupportedOpsError as ex:
+                results[c.name] = ("unsupported", "; ".join(f"{op}: {detail or 'no implementation'}"
+                                                            for op, _, _, detail in ex.unsupported)[:300])
             except Exception as ex:
                 msg = str(ex).replace("\n", " ")
                 results[c.name] = ("unsupported", f"{type(ex).__name__}: {msg[:300]}")

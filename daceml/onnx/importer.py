@@ -80,9 +80,8 @@ class ONNXModel:
         self.opset = _opset(proto)
         self._check_ops(proto)
         self.model = infer(proto)
-        n_before = (len(self.model.graph.node), len(self.model.graph.initializer))
-        self.model = rewrites.apply_all(self.model)
-        if (len(self.model.graph.node), len(self.model.graph.initializer)) != n_before:
+        self.model, changed = rewrites.apply_all(self.model)
+        if changed:
             self.model = infer(self.model)
         graph = self.model.graph
         self.name = safe_name(name or graph.name or "onnx_model")
@@ -201,6 +200,19 @@ class ONNXModel:
                                 self.sdfg.make_array_memlet(self._array(out)))
             elif self._array(out) not in self.sdfg.arrays:
                 raise InvalidNodeError(f"graph output {out!r} is not produced by any node")
+
+    def add_weight(self, onnx_name: str, value: np.ndarray) -> str:
+        """Adds a weight (passed to the program like an initializer); returns its array name.
+        Used by passes that replace computed tensors by constants."""
+        if onnx_name in self.weights:
+            raise ValueError(f"model {self.name!r} already has a weight {onnx_name!r}")
+        value = np.array(value)
+        self.weights[onnx_name] = value
+        self.table.types[onnx_name] = onnx.helper.np_dtype_to_tensor_dtype(value.dtype)
+        self.table.shapes[onnx_name] = tuple(value.shape)
+        name = self._add_array(onnx_name, transient=False)
+        record_constant(self.sdfg, name, value)
+        return name
 
     def _add_copy_output(self, onnx_name: str) -> str:
         desc = self.sdfg.arrays[self._array(onnx_name)]

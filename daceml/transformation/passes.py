@@ -96,6 +96,76 @@ class RemoveIdentities(Pass):
 
 
 @properties.make_properties
+class FoldShapeInputs(Pass):
+    """Shape-computation elimination: the ``shape`` input of Reshape/Expand/ConstantOfShape
+    becomes a constant when the output shape is static (the subgraph that computed it is
+    then dead and removed by RemoveDeadNodes). Needs the ONNXModel (to add the constant)."""
+    LEVEL = 1
+    SHAPE_INPUTS = {"Reshape": "shape", "Expand": "shape", "ConstantOfShape": "input"}
+
+    def apply(self, sdfg, model=None) -> int:
+        import numpy as np
+        from daceml.onnx.ops.common import constant_input
+        if model is None:
+            self._detail = "needs an ONNXModel"
+            return 0
+        folded = 0
+        for node, state in list(_onnx_nodes(sdfg)):
+            conn = self.SHAPE_INPUTS.get(node.schema.name)
+            if conn is None or conn not in node.in_connectors or constant_input(node, state, sdfg, conn) is not None:
+                continue
+            out = node.out_desc(state, sdfg, node.output_connectors()[0])
+            try:
+                shape = [int(d) for d in out.shape]
+            except TypeError:
+                continue  # symbolic: the value is only known at run time
+            if any(d == 0 for d in shape):
+                continue
+            onnx_out = next(iter(state.out_edges(node))).data.data
+            edge = next(iter(state.in_edges_by_connector(node, conn)))
+            name = model.add_weight(f"{onnx_out}__static_{conn}", np.array(shape, dtype=np.int64))
+            state.add_edge(state.add_read(name), None, node, conn, sdfg.make_array_memlet(name))
+            state.remove_edge(edge)
+            if state.degree(edge.src) == 0:
+                state.remove_node(edge.src)
+            folded += 1
+        self._detail = f"{folded} shape input(s) made constant"
+        return folded
+
+
+@properties.make_properties
+class RemoveDeadNodes(Pass):
+    """Removes ONNX nodes whose outputs nobody reads (transients only), repeatedly."""
+    LEVEL = 1
+
+    def apply(self, sdfg, model=None) -> int:
+        removed = 0
+        changed = True
+        while changed:
+            changed = False
+            for node, state in list(_onnx_nodes(sdfg)):
+                outs = [e.dst for e in state.out_edges(node)]
+                if not all(isinstance(d, sdnodes.AccessNode) and sdfg.arrays[d.data].transient and
+                           state.out_degree(d) == 0 and state.in_degree(d) == 1 for d in outs):
+                    continue
+                sources = [e.src for e in state.in_edges(node)]
+                for d in outs:
+                    state.remove_node(d)
+                state.remove_node(node)
+                for src in sources:
+                    if state.degree(src) == 0:
+                        state.remove_node(src)
+                removed += 1
+                changed = True
+        used = {n.data for st in sdfg.states() for n in st.data_nodes()}
+        for name, desc in list(sdfg.arrays.items()):
+            if desc.transient and name not in used:
+                sdfg.remove_data(name, validate=False)
+        self._detail = f"{removed} dead node(s)"
+        return removed
+
+
+@properties.make_properties
 class MatMulAddToGemm(Pass):
     """MatMul(A[M,K], B[K,N]) followed by Add with a bias of shape [N] -> one Gemm."""
     LEVEL = 1
@@ -193,8 +263,11 @@ class InlineAndSimplify(Pass):
     LEVEL = 3
 
     def apply(self, sdfg, model=None) -> int:
+        from dace.transformation.passes.simplify import SimplifyPass
         before = len(list(sdfg.all_sdfgs_recursive()))
-        sdfg.simplify()
+        # Dead dataflow elimination trips over pointer connectors of C++ tasklets in DaCe 1.0.2;
+        # dead ONNX nodes are removed at level 1 (RemoveDeadNodes) instead.
+        SimplifyPass(validate=True, skip={"DeadDataflowElimination"}).apply_pass(sdfg, {})
         after = len(list(sdfg.all_sdfgs_recursive()))
         self._detail = f"nested SDFGs {before} -> {after}"
         return max(before - after, 0) or 1
@@ -207,9 +280,37 @@ class FuseMaps(Pass):
 
     def apply(self, sdfg, model=None) -> int:
         from dace.transformation.dataflow import MapFusion
-        n = sdfg.apply_transformations_repeated(MapFusion, validate=False)
-        self._detail = f"{n} fusion(s)"
-        return n
+        from dace.transformation.passes.pattern_matching import match_patterns
+        fused = 0
+        while True:
+            for xform in match_patterns(sdfg, MapFusion, states=None):
+                state = xform._sdfg.node(xform.state_id)
+                if not self._plain(state, xform):
+                    continue
+                xform.apply_pattern()
+                fused += 1
+                break
+            else:
+                break
+        self._detail = f"{fused} fusion(s)"
+        return fused
+
+    @staticmethod
+    def _plain(state, xform) -> bool:
+        """Only maps whose tasklets take single elements by value: the array kernels of the
+        implementations (pointer connectors over whole arrays) are not fused."""
+        entries = [n for n in xform.subgraph.values()]
+        for index in entries:
+            node = state.node(index)
+            if not isinstance(node, (sdnodes.MapEntry, sdnodes.MapExit)):
+                continue
+            entry = state.entry_node(node) if isinstance(node, sdnodes.MapExit) else node
+            for inner in state.scope_subgraph(entry).nodes():
+                if isinstance(inner, sdnodes.Tasklet) and any(
+                        isinstance(t, dace.pointer) for t in list(inner.in_connectors.values()) +
+                        list(inner.out_connectors.values())):
+                    return False
+        return True
 
 
 # --- level 4: data movement ----------------------------------------------------------------------
@@ -241,14 +342,14 @@ class ReuseTransients(Pass):
         return n
 
 
-PASSES = {c.__name__: c for c in (RemoveIdentities, MatMulAddToGemm, ChooseImplementations, ExpandLibraryNodes,
+PASSES = {c.__name__: c for c in (RemoveIdentities, FoldShapeInputs, RemoveDeadNodes, MatMulAddToGemm, ChooseImplementations, ExpandLibraryNodes,
                                   InlineAndSimplify, FuseMaps, PersistentTransients, ReuseTransients)}
 
 
 def level_passes(level: int, device: str = "cpu") -> List[Pass]:
     """A fresh list of the passes of ``level``, in order."""
     if level == 1:
-        return [RemoveIdentities(), MatMulAddToGemm()]
+        return [RemoveIdentities(), FoldShapeInputs(), RemoveDeadNodes(), MatMulAddToGemm()]
     if level == 2:
         return [ChooseImplementations(device=device), ExpandLibraryNodes()]
     if level == 3:

@@ -132,7 +132,26 @@ def add_cpp_map(state: dace.SDFGState, name: str, ranges: Dict[str, str], inputs
     tasklet, entry, exit_ = state.add_mapped_tasklet(name, ranges, inputs=inputs, code=code, outputs=outputs,
                                                      language=dace.Language.CPP, external_edges=True, **kwargs)
     entry.map.collapse = max(1, len(ranges))
+    # A memlet that happens to cover one element (a depthwise conv's bias block, a 1x1 plane)
+    # would reach the tasklet by value; keep it a pointer where the code uses it as one.
+    sdfg = state.sdfg if hasattr(state, "sdfg") else state.parent
+    for conns, memlets in ((tasklet.in_connectors, inputs), (tasklet.out_connectors, outputs)):
+        for conn, memlet in memlets.items():
+            if memlet.is_empty() or not _used_as_pointer(code, conn):
+                continue
+            try:
+                single = memlet.subset.num_elements() == 1
+            except TypeError:
+                single = False
+            if single:
+                conns[conn] = dace.pointer(sdfg.arrays[memlet.data].dtype)
     return tasklet, entry, exit_
+
+
+def _used_as_pointer(code: str, name: str) -> bool:
+    """Whether C++ ``code`` indexes ``name`` or copies through it (memcpy)."""
+    n = re.escape(name)
+    return bool(re.search(rf"\b{n}\s*\[|memcpy\s*\([^;]*\b{n}\b", code))
 
 
 def add_cpp_array_kernel(state: dace.SDFGState, name: str, ranges: Dict[str, str], descs: Dict[str, dt.Data],

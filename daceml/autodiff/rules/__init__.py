@@ -1,0 +1,1 @@
+"""Gradient rules, one module per op family (imported by :mod:`daceml.autodiff.registry`)."""

@@ -1,0 +1,57 @@
+"""The model zoo through DaceModule, @dace_module and torch.compile(backend="daceml"),
+in eval and train mode, against eager PyTorch (fp32 atol 1e-4, rtol 1e-4)."""
+import pytest
+import torch
+
+from daceml.testing import zoo
+from daceml.torch import DaceModule, dace_module
+
+TOL = dict(atol=1e-4, rtol=1e-4)
+MODELS = list(zoo.ZOO)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_dace_module_eval(name):
+    module, inputs = zoo.make(name)
+    module.eval()
+    dm = DaceModule(module)
+    with torch.no_grad():
+        torch.testing.assert_close(dm(*inputs), module(*inputs), **TOL)
+
+
+@pytest.mark.parametrize("name", ["mlp", "lenet", "unet_block", "bert_layer"])
+def test_dace_module_train_mode(name):
+    # models whose training-mode forward is deterministic (no dropout, no batch norm)
+    module, inputs = zoo.make(name)
+    module.train()
+    dm = DaceModule(module)
+    with torch.no_grad():
+        torch.testing.assert_close(dm(*inputs), module(*inputs), **TOL)
+
+
+def test_dace_module_decorator():
+
+    @dace_module
+    class Net(zoo.MLP):
+        pass
+
+    net = Net()
+    assert isinstance(net, DaceModule)
+    x = torch.randn(3, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), net.module(x), **TOL)
+
+    @dace_module(dynamic=True)
+    class Net2(zoo.MLP):
+        pass
+
+    assert Net2().dynamic
+
+
+@pytest.mark.parametrize("name", ["mlp", "resnet_basic", "bert_layer"])
+def test_torch_compile_backend(name):
+    module, inputs = zoo.make(name)
+    module.eval()
+    compiled = torch.compile(module, backend="daceml")
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(*inputs), module(*inputs), **TOL)
