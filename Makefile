@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 # The install stamp changes whenever what the install depends on changes.
-INSTALL_HASH := $(shell cat requirements.txt setup.py csrc/*.cpp scripts/system_packages.sh | sha256sum | cut -c1-16)
+INSTALL_HASH := $(shell cat requirements.txt setup.py csrc/*.cpp scripts/system_packages.sh scripts/install_chromium.sh | sha256sum | cut -c1-16)
 STAMP  := $(VENV)/.daceml-installed-$(INSTALL_HASH)
 PYTEST_WORKERS ?= 2
 
@@ -17,6 +17,7 @@ setup: $(STAMP)
 
 $(STAMP):
 	bash scripts/system_packages.sh
+	bash scripts/install_chromium.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt

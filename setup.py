@@ -14,7 +14,7 @@ def read_requirements():
     with open(os.path.join(HERE, "requirements.txt")) as f:
         reqs = [line.split("#")[0].strip() for line in f]
     # test-only tools are not runtime requirements
-    return [r for r in reqs if r and not r.startswith(("pytest", "pybind11"))]
+    return [r for r in reqs if r and not r.startswith(("pytest", "pybind11", "playwright"))]
 
 
 setup(
@@ -22,7 +22,7 @@ setup(
     version="0.1.0",
     description="Data-centric optimizing compiler for deep neural networks, built on DaCe",
     packages=find_packages(include=["daceml", "daceml.*"]),
-    package_data={"daceml": ["py.typed"], "daceml.targets": ["cuda_support/*"]},
+    package_data={"daceml": ["py.typed"], "daceml.targets": ["cuda_support/*"], "daceml.gui": ["static/*"]},
     python_requires=">=3.10",
     install_requires=read_requirements(),
     ext_modules=[

@@ -50,6 +50,8 @@ _TEMP_PREFIX = ".build-"
 _STALE_TEMP_SECONDS = 6 * 3600
 
 _source_fingerprint: Optional[str] = None
+#: parts of daceml that do not change generated code (left out of the build key)
+_NOT_CODEGEN = {"gui", "cli.py", "testing", "analysis"}
 
 
 def _daceml_source_fingerprint() -> str:
@@ -59,6 +61,8 @@ def _daceml_source_fingerprint() -> str:
         root = os.path.dirname(os.path.abspath(__file__))
         h = hashlib.sha256()
         for path in sorted(glob.glob(os.path.join(root, "**", "*.py"), recursive=True)):
+            if os.path.relpath(path, root).split(os.sep)[0] in _NOT_CODEGEN:
+                continue
             h.update(os.path.relpath(path, root).encode())
             with open(path, "rb") as f:
                 h.update(f.read())
@@ -66,12 +70,37 @@ def _daceml_source_fingerprint() -> str:
     return _source_fingerprint
 
 
+#: JSON keys that are not part of an SDFG's content (names, history, source locations)
+_NOT_CONTENT = {"name", "hash", "orig_sdfg", "transformation_hist", "instrument", "guid", "debuginfo"}
+
+
+def content_hash(sdfg: dace.SDFG) -> str:
+    """A SHA-256 of ``sdfg``'s content that is the same in every process.
+
+    ``SDFG.hash_sdfg()`` hashes the JSON in dict order, and some dicts (connectors made
+    from sets) come out in an order that depends on PYTHONHASHSEED; this hash sorts keys
+    and leaves out names, history and debug information (source locations).
+    """
+
+    def strip(obj):
+        if isinstance(obj, dict):
+            return {k: strip(v) for k, v in obj.items()
+                    if not (isinstance(k, str) and (k in _NOT_CONTENT or k.startswith("_meta_")))
+                    and k != "cfg_list_id"}
+        if isinstance(obj, (list, tuple)):
+            return [strip(v) for v in obj]
+        return obj
+
+    text = json.dumps(strip(json.loads(json.dumps(sdfg.to_json(), default=str))), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def build_key(sdfg: dace.SDFG, extra: Optional[Dict[str, Any]] = None) -> str:
     """The content hash that names the build folder of ``sdfg``."""
     from daceml.onnx.ops import registry  # late: the registry imports the op modules
     h = hashlib.sha256()
     h.update(sdfg.name.encode())
-    h.update(sdfg.hash_sdfg().encode())
+    h.update(content_hash(sdfg).encode())
     h.update(json.dumps(config.snapshot(), sort_keys=True).encode())
     h.update(_daceml_source_fingerprint().encode())
     h.update(registry.fingerprint().encode())

@@ -578,14 +578,12 @@ class BackwardContext:
         """A new transient array of the backward SDFG."""
         return self._bp.add_array(f"{self.node.label}_{base}", shape, dtype)
 
-    def view(self, array: str, shape) -> str:
-        """A view of contiguous ``array`` with another ``shape`` of the same size (for reading)."""
+    def reshaped(self, array: str, shape) -> str:
+        """``array`` (contiguous) with another ``shape`` of the same size, as a new array (a
+        flat copy: DaCe views do not survive every expansion of the library nodes they feed)."""
         desc = self.sdfg.arrays[array]
-        name = self._bp.new_name(f"{array}_view")
-        self.sdfg.add_view(name, shape, desc.dtype)
-        vnode = self.state.add_access(name)
-        self.state.add_edge(self._bp.read(array), None, vnode, "views", dace.Memlet.from_array(array, desc))
-        self._bp._last[name] = vnode
+        name = self.temp(shape, desc.dtype, f"{array}_reshaped")
+        self.copy(array, name)
         return name
 
     def onnx(self, op: str, inputs: Dict[str, str], outputs: Dict[str, str], **attributes):

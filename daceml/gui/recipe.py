@@ -38,30 +38,10 @@ class RecipeError(DacemlError, ValueError):
 
 # --- identity -----------------------------------------------------------------------------------
 
-_NOT_CONTENT = {"name", "hash", "orig_sdfg", "transformation_hist", "instrument", "guid", "debuginfo"}
-
-
 def sdfg_hash(sdfg: dace.SDFG) -> str:
-    """A content hash of ``sdfg`` that is the same in every process.
-
-    ``SDFG.hash_sdfg()`` hashes the JSON in dict order, and some dicts (connectors
-    made from sets) come out in an order that depends on PYTHONHASHSEED, so the same
-    graph hashes differently in two processes. This hash sorts keys, and also leaves
-    out debug information (source locations), which deep copies add.
-    """
-    import hashlib
-
-    def strip(obj):
-        if isinstance(obj, dict):
-            return {k: strip(v) for k, v in obj.items()
-                    if not (isinstance(k, str) and (k in _NOT_CONTENT or k.startswith("_meta_")))
-                    and k != "cfg_list_id"}
-        if isinstance(obj, (list, tuple)):
-            return [strip(v) for v in obj]
-        return obj
-
-    text = json.dumps(strip(json.loads(json.dumps(sdfg.to_json(), default=str))), sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()
+    """The content hash of ``sdfg``, the same in every process (:func:`daceml.compiler.content_hash`)."""
+    from daceml.compiler import content_hash
+    return content_hash(sdfg)
 
 
 # --- locating things ------------------------------------------------------------------------------

@@ -45,11 +45,21 @@ class _Build:
     dynamic: bool
 
 
-def _export(module: nn.Module, args: Tuple[Any, ...], dynamic: bool, opset: int):
+def _dynamic_dims(a: Any, dynamic: Any) -> Optional[Dict[int, Any]]:
+    """Which dims of argument ``a`` to export as symbolic: the batch dim (``dynamic=True``),
+    batch and sequence (``dynamic="batch_sequence"``: dims 0 and 1 of inputs of rank >= 3)."""
+    if not isinstance(a, torch.Tensor) or a.dim() == 0:
+        return None
+    dims = [0]
+    if dynamic == "batch_sequence" and a.dim() >= 3:
+        dims.append(1)
+    return {d: torch.export.Dim.AUTO for d in dims}
+
+
+def _export(module: nn.Module, args: Tuple[Any, ...], dynamic: Any, opset: int):
     dynamic_shapes = None
     if dynamic:
-        dynamic_shapes = tuple({i: torch.export.Dim.AUTO for i in range(a.dim())} if isinstance(a, torch.Tensor)
-                               else None for a in args)
+        dynamic_shapes = tuple(_dynamic_dims(a, dynamic) for a in args)
     sink = io.StringIO()
     with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
         warnings.simplefilter("ignore")
@@ -67,13 +77,15 @@ class DaceModule(nn.Module):
 
     :param module: the module to wrap (its parameters and buffers are shared, not copied).
     :param dummy_inputs: if given, build for these inputs right away.
-    :param dynamic: keep dims symbolic, so one build serves all sizes.
+    :param dynamic: keep dims symbolic, so one build serves all sizes: True for the batch
+                    dim (dim 0 of every input), "batch_sequence" for dims 0 and 1 of inputs of
+                    rank 3 or more. Dims the exporter finds fixed stay static.
     :param name: name of the generated program (default: the module's class name).
     :param opset: ONNX opset to export with.
     :param optimize_level: levels of the lowering pipeline to run (0: none, 4: all; see daceml.optimize).
     """
 
-    def __init__(self, module: nn.Module, dummy_inputs: Optional[Sequence[Any]] = None, *, dynamic: bool = False,
+    def __init__(self, module: nn.Module, dummy_inputs: Optional[Sequence[Any]] = None, *, dynamic: Any = False,
                  name: Optional[str] = None, opset: int = 20, optimize_level: int = 4):
         super().__init__()
         object.__setattr__(self, "_wrapped", module)
@@ -141,7 +153,9 @@ class DaceModule(nn.Module):
         sig: List[Any] = [self.training]
         for a in flat:
             if isinstance(a, torch.Tensor):
-                sig.append(("T", str(a.dtype), a.dim() if dynamic else tuple(a.shape), a.device.type))
+                shape = tuple(None if dynamic and d in (_dynamic_dims(a, dynamic) or {}) else n
+                              for d, n in enumerate(a.shape))
+                sig.append(("T", str(a.dtype), shape, a.device.type))
             else:
                 sig.append(("C", repr(a)))
         sig.append(tuple(str(p.dtype) for p in self.state_dict(keep_vars=True).values()))

@@ -8,7 +8,7 @@ are expanded by the same (tiled) implementations as the forward pass:
 - Gemm ``Y = alpha op(A) op(B) + beta C``: dA and dB are one Gemm each (transposes are
   flags), dC is ``beta dY`` summed over C's broadcast dims.
 - MatMul (numpy semantics: batched, broadcast batch dims, 1-D operands): a 1-D operand
-  is read through a view with a unit dim, so every case is a batched product
+  is reshaped with a unit dim, so every case is a batched product
   ``dA = dY @ B^T``, ``dB = A^T @ dY`` followed by a sum over the batch dims the operand
   broadcasts along. A matrix operand times a batched one (``x @ W``, the linear layer)
   gets its gradient from one Gemm over the flattened batch (``x^T dY``), without
@@ -89,17 +89,17 @@ class MatMulGradient(GradientRule):
     def backward(ctx) -> None:
         a_shape, b_shape, y_shape = ctx.shape("A"), ctx.shape("B"), ctx.shape("Y")
         dtype = ctx.desc("Y").dtype
-        # 1-D operands are promoted to matrices (views with a unit dim), the output gradient with them
+        # 1-D operands are promoted to matrices (a unit dim), the output gradient with them
         pa = [1] + a_shape if len(a_shape) == 1 else a_shape
         pb = b_shape + [1] if len(b_shape) == 1 else b_shape
         y_rank = 0 if len(a_shape) == 1 and len(b_shape) == 1 else len(y_shape)
         batch = y_shape[:y_rank - (len(a_shape) > 1) - (len(b_shape) > 1)]
         py = list(batch) + [pa[-2], pb[-1]]
         g0 = ctx.output_grad("Y")
-        g = g0 if _same(py, y_shape) else ctx.view(g0, py)
+        g = g0 if _same(py, y_shape) else ctx.reshaped(g0, py)
         if ctx.needs_grad("A"):
             b0 = ctx.value("B")
-            b = b0 if len(b_shape) > 1 else ctx.view(b0, pb)
+            b = b0 if len(b_shape) > 1 else ctx.reshaped(b0, pb)
             full = list(batch) + [pa[-2], pa[-1]]
             out = _target(ctx, "A", full, dtype)
             if len(py) == 2:
@@ -111,7 +111,7 @@ class MatMulGradient(GradientRule):
             _finish(ctx, "A", out, pa)
         if ctx.needs_grad("B"):
             a0 = ctx.value("A")
-            a = a0 if len(a_shape) > 1 else ctx.view(a0, pa)
+            a = a0 if len(a_shape) > 1 else ctx.reshaped(a0, pa)
             if len(py) == 2:
                 out = _target(ctx, "B", [pb[-2], pb[-1]], dtype)
                 ctx.onnx("Gemm", {"A": a, "B": g}, {"Y": out}, transA=1)
@@ -119,7 +119,7 @@ class MatMulGradient(GradientRule):
                 # linear layer: one Gemm over the flattened batch, A_flat^T @ dY_flat
                 rows = math.prod(py[:-1])
                 out = _target(ctx, "B", [pb[-2], pb[-1]], dtype)
-                ctx.onnx("Gemm", {"A": ctx.view(a0, [rows, pa[-1]]), "B": ctx.view(g0, [rows, py[-1]])}, {"Y": out},
+                ctx.onnx("Gemm", {"A": ctx.reshaped(a0, [rows, pa[-1]]), "B": ctx.reshaped(g0, [rows, py[-1]])}, {"Y": out},
                          transA=1)
             else:
                 out = _target(ctx, "B", list(batch) + [pb[-2], pb[-1]], dtype)
