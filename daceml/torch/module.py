@@ -27,6 +27,7 @@ from torch.utils import _pytree as pytree
 
 from daceml.errors import InputError
 from daceml.onnx.importer import ONNXModel
+from daceml.torch.dispatch import FastCall
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class _Build:
     tensor_positions: List[int]
     out_spec: Any
     dynamic: bool
+    fast: Any = None
 
 
 def _dynamic_dims(a: Any, dynamic: Any) -> Optional[Dict[int, Any]]:
@@ -101,6 +103,7 @@ class DaceModule(nn.Module):
         self._hooks: Dict[str, "OrderedDict[str, Hook]"] = {
             "post_import": OrderedDict(), "post_optimize": OrderedDict(), "post_compile": OrderedDict()}
         self._last: Optional[_Build] = None
+        self._fast_key: Optional[Tuple[bool, int]] = None
         if dummy_inputs is not None:
             self._build_for(tuple(dummy_inputs), {})
 
@@ -206,6 +209,13 @@ class DaceModule(nn.Module):
     # --- calling -----------------------------------------------------------------------------
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if not kwargs and self._last is not None and self._last.fast is not None:
+            # the fast path: same signature as the last call (checked inside FastCall)
+            build = self._last
+            if self._fast_key == (self.training, len(args)) and all(isinstance(a, torch.Tensor) for a in args):
+                outs = build.fast(args)
+                if outs is not None:
+                    return pytree.tree_unflatten(outs, build.out_spec)
         build = self._build_for(args, kwargs)
         flat, _ = pytree.tree_flatten(args)
         inputs = [flat[i] for i in build.tensor_positions]
@@ -223,7 +233,22 @@ class DaceModule(nn.Module):
             build = self._build_for(args, kwargs, dynamic=False)
             outs = build.model.run(inputs, weights=weights, torch_outputs=True, as_list=True)
         self._last = build
+        flat_only_tensors = all(isinstance(a, torch.Tensor) for a in args) and len(flat) == len(args)
+        if build.fast is None and flat_only_tensors:
+            build.fast = FastCall(self._wrapped, build.model, build.state_inputs)
+        self._fast_key = (self.training, len(args)) if flat_only_tensors else None
         return pytree.tree_unflatten(outs, build.out_spec)
+
+    def train(self, mode: bool = True) -> "DaceModule":
+        """Sets training mode on this module and the wrapped one (its children are shared)."""
+        self._wrapped.train(mode)
+        return super().train(mode)
+
+    def _apply(self, fn, *args, **kwargs):
+        # .to(dtype), .double(), ... change the parameters: every build is for the old ones
+        self._builds.clear()
+        self._last = None
+        return super()._apply(fn, *args, **kwargs)
 
     def extra_repr(self) -> str:
         return f"wraps={type(self._wrapped).__name__}, dynamic={self.dynamic}, builds={len(self._builds)}"

@@ -1,0 +1,116 @@
+"""The per-call path of a DaceModule: torch tensors to the compiled program through daceml._C.
+
+A :class:`FastCall` is prepared once per build. It keeps the ``daceml._C.Program``
+(entry point, state handle, an argument buffer with the constant weights already in
+place) and, per call, only
+
+- checks each tensor argument (dtype, contiguity, device, shape; symbolic dims bind
+  the symbols),
+- reads the data pointers of the inputs and of the live parameters and buffers
+  (looked up in their modules' dicts on every call, so replaced or reloaded
+  parameters are seen),
+- allocates the outputs with ``torch.empty``,
+- and makes one call into C++ that fills the changed slots and runs the program.
+
+Anything unexpected (a non-contiguous input, a wrong dtype) returns ``None`` so the
+caller can take the checked, general path, which converts or raises a clear error.
+"""
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from dace import symbolic
+
+from daceml.onnx import dtypes as odt
+
+
+def _owner(root: nn.Module, key: str) -> Tuple[nn.Module, str, str]:
+    """(module, 'p' or 'b', attribute name) holding state_dict entry ``key`` of ``root``."""
+    *path, attr = key.split(".")
+    module = root
+    for p in path:
+        module = getattr(module, p)
+    kind = "p" if attr in module._parameters else "b"
+    return module, kind, attr
+
+
+class FastCall:
+    """A prepared call of one build of a DaceModule (see the module docstring)."""
+
+    def __init__(self, root: nn.Module, model, state_inputs: Dict[str, str]):
+        program = model.compile()
+        self.program = program
+        self.model = model
+        sdfg = model.sdfg
+        # inputs: (slot, torch dtype, shape with symbols as str, onnx rank)
+        self.inputs: List[Tuple[int, torch.dtype, Tuple[Any, ...], int]] = []
+        for name in model.inputs:
+            arr = model._array(name)
+            desc = sdfg.arrays[arr]
+            onnx_shape = tuple(model.table.shape(name) or ())
+            shape = tuple(str(d) if symbolic.issymbolic(d) else int(d) for d in onnx_shape)
+            self.inputs.append((program.slot(arr), odt.to_torch(desc.dtype), shape, len(onnx_shape)))
+        # live state: (slot, module, kind, attr)
+        self.state = [(program.slot(model._array(init)), *_owner(root, key)) for init, key in state_inputs.items()]
+        self.constants = {program.slot(model._array(w)): model._weight_array(w, v)
+                          for w, v in model.weights.items() if w not in state_inputs}
+        # outputs: (slot, torch dtype, shape expressions, onnx rank)
+        self.outputs = []
+        for out in model.outputs:
+            arr = model.output_array(out)
+            desc = sdfg.arrays[arr]
+            self.outputs.append((program.slot(arr), odt.to_torch(desc.dtype), tuple(desc.shape),
+                                 len(model.table.shape(out) or ())))
+        self.symbol_names = list(program.symbol_names)
+        self._prepared: Dict[Tuple[int, ...], Any] = {}
+        self._out_shapes: Dict[Tuple[int, ...], List[Tuple[int, ...]]] = {}
+
+    def _prepare(self, symbols: Dict[str, int]):
+        key = tuple(symbols[s] for s in self.symbol_names)
+        prog = self._prepared.get(key)
+        if prog is None:
+            prog = self.program.prepared(symbols)
+            for slot, arr in self.constants.items():
+                prog.set(slot, arr.__array_interface__["data"][0])
+            self._prepared = {key: prog}  # the program's state handle is re-made per symbol values
+            self._out_shapes[key] = [tuple(int(symbolic.evaluate(d, symbols)) if symbolic.issymbolic(d) else int(d)
+                                           for d in shape) for _, _, shape, _ in self.outputs]
+        return prog, self._out_shapes[key]
+
+    def __call__(self, tensors: Sequence[torch.Tensor]) -> Optional[List[torch.Tensor]]:
+        if len(tensors) != len(self.inputs):
+            return None
+        slots: List[int] = []
+        values: List[int] = []
+        symbols: Dict[str, int] = {}
+        keep = []
+        for t, (slot, dtype, shape, rank) in zip(tensors, self.inputs):
+            if t.dtype != dtype or t.device.type != "cpu" or not t.is_contiguous() or t.dim() != rank:
+                return None
+            for want, got in zip(shape, t.shape):
+                if isinstance(want, str):
+                    if symbols.setdefault(want, got) != got:
+                        return None
+                elif want != got:
+                    return None
+            if t.requires_grad:
+                t = t.detach()
+            keep.append(t)
+            slots.append(slot)
+            values.append(t.data_ptr())
+        for slot, module, kind, attr in self.state:
+            t = (module._parameters if kind == "p" else module._buffers)[attr]
+            if not t.is_contiguous():
+                return None
+            slots.append(slot)
+            values.append(t.data_ptr())
+        prog, out_shapes = self._prepare(symbols) if self.symbol_names else self._prepare({})
+        results = []
+        for (slot, dtype, _, rank), shape in zip(self.outputs, out_shapes):
+            buf = torch.empty(shape, dtype=dtype)
+            slots.append(slot)
+            values.append(buf.data_ptr())
+            results.append(buf.reshape(()) if rank == 0 else buf)
+        prog.call_with_updates(slots, values)
+        return results
