@@ -2,6 +2,7 @@
 
     daceml compile MODEL.onnx            import and compile (or load the cached build)
     daceml run MODEL.onnx [--dim N=4]    run on random inputs, compare with onnxruntime, time it
+    daceml report MODEL.onnx             bytes moved per lowering level, lower bound, roofline position
     daceml ops                           which implementations each ONNX op has
     daceml gui MODEL [--port N] [--no-browser]   the browser GUI (MODEL: .onnx or file.py:ModuleClass)
     daceml conformance [--only REGEX]    the ONNX node conformance suite, report in reports/
@@ -80,6 +81,18 @@ def cmd_run(args) -> int:
     return 0 if worst <= args.atol else 1
 
 
+def cmd_report(args) -> int:
+    from daceml.analysis import movement_report
+    from daceml.onnx import ONNXModel
+    model = ONNXModel(args.model)
+    dims = _dims(args.dim)
+    inputs = _random_inputs(model, dims)
+    report = movement_report(model, symbols=dims, measure=not args.no_run,
+                             inputs=[inputs[n] for n in model.inputs])
+    print(report.table())
+    return 0
+
+
 def cmd_ops(args) -> int:
     from daceml.onnx.ops import registry
     for op in registry.registered_ops():
@@ -105,6 +118,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                        add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=lambda a: __import__("daceml.onnx.conformance", fromlist=["main"]).main(a.rest))
+    p = sub.add_parser("report", help="bytes moved per lowering level, lower bound, roofline position")
+    p.add_argument("model")
+    p.add_argument("--dim", action="append", default=[], help="size of a symbolic dim, NAME=SIZE")
+    p.add_argument("--no-run", action="store_true", help="do not compile and time the program")
+    p.set_defaults(func=cmd_report)
     p = sub.add_parser("ops", help="list the ops and their implementations")
     p.set_defaults(func=cmd_ops)
     p = sub.add_parser("gui", help="open a model in the browser GUI (served on 127.0.0.1)")

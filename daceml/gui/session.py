@@ -33,7 +33,7 @@ from dace import serialize
 from dace.sdfg import nodes as sdnodes
 
 from daceml.errors import DacemlError
-from daceml.gui import analysis as gui_analysis
+from daceml.analysis import dataflow as gui_analysis
 from daceml.gui import recipe as gui_recipe
 from daceml.gui.loading import Source
 

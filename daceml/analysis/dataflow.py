@@ -1,7 +1,6 @@
-"""A simple data-movement and FLOP estimate per node and edge, for the GUI's overlay.
+"""Data movement and FLOPs per node and edge of an SDFG (the GUI's overlays).
 
-daceml has no analysis package yet (``daceml/analysis``); until it does, the
-GUI estimates here, from the SDFG alone:
+Estimated from the SDFG alone:
 
 - bytes per edge: the memlet's volume times the element size, times the
   iterations of the maps around the edge (so an edge inside a map counts the
@@ -92,7 +91,8 @@ def _map_iterations(entry: sdnodes.MapEntry, symbols) -> float:
         return 0.0
 
 
-def _onnx_flops(node, state: dace.SDFGState, sdfg: dace.SDFG, symbols) -> float:
+def onnx_flops(node, state: dace.SDFGState, sdfg: dace.SDFG, symbols) -> float:
+    """FLOPs of one ONNX library node, from its shapes."""
     op = node.schema.name
 
     def shape_of(conn, out=False):
@@ -164,7 +164,7 @@ def _sdfg_totals(sdfg: dace.SDFG, symbols, result: Optional[Dict] = None, multip
             elif isinstance(node, sdnodes.LibraryNode):
                 from daceml.onnx.nodes import ONNXOp
                 if isinstance(node, ONNXOp):
-                    flops_of[node] = _onnx_flops(node, state, sdfg, symbols) * its
+                    flops_of[node] = onnx_flops(node, state, sdfg, symbols) * its
                 else:
                     flops_of[node] = sum(_prod(sdfg.arrays[e.data.data].shape, symbols) for e in state.out_edges(node)
                                          if e.data.data is not None) * its
@@ -222,5 +222,5 @@ def analyze(sdfg: dace.SDFG, symbols: Optional[Dict[str, int]] = None) -> Dict[s
     totals = _sdfg_totals(sdfg, symbols, result)
     totals["intensity"] = totals["flops"] / totals["bytes"] if totals["bytes"] else None
     result["total"] = totals
-    result["source"] = "daceml.gui.analysis (estimate from memlet volumes; daceml/analysis not available)"
+    result["source"] = "daceml.analysis.dataflow (estimate from memlet volumes)"
     return result
