@@ -86,6 +86,8 @@ class BackwardResult:
     differentiated: List[str]
     #: log of skipped paths (non-differentiable values)
     skipped: List[str]
+    #: inputs no output depends on (their gradient arrays are filled with zeros)
+    unreached: List[str] = dataclasses.field(default_factory=list)
 
     def stored_bytes(self, symbols: Optional[Dict[str, int]] = None) -> int:
         """Bytes of the forward transients stored for the backward pass."""
@@ -391,7 +393,7 @@ class _BackwardPass:
         log.info("autodiff: %d node(s) differentiated, %d value(s) stored, %d recomputed", len(differentiated),
                  len(stored), len(recomputed))
         return BackwardResult(fsdfg, self.bsdfg, dict(self.given), dict(self.required), saved, stored, recomputed,
-                              differentiated, list(self.skipped))
+                              differentiated, list(self.skipped), [i for i in self.inputs if i not in self.active])
 
     def finalize(self, array: str) -> Optional[str]:
         """The complete gradient of forward ``array`` (its contributions summed), or None if

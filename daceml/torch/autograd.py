@@ -158,7 +158,8 @@ class DaceFunction(torch.autograd.Function):
             desc = sdfg.arrays[gname]
             buf = torch.empty(_shape(desc, ctx.symbols), dtype=odt.to_torch(desc.dtype))
             arrays[gname] = buf
-            grads[ctx.grad_positions[arr]] = buf
+            if arr not in result.unreached:  # as in eager mode: no path, no gradient (None)
+                grads[ctx.grad_positions[arr]] = buf
         bwd(**{n: arrays[n] for n in bwd.array_names}, **{s: ctx.symbols[s] for s in bwd.symbol_names})
         del ctx.saved_arrays
         return (None, None, None, *grads)

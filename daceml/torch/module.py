@@ -14,6 +14,7 @@ A new signature builds a new program (logged); builds are cached on disk by
 content, so a rebuild of a known signature only loads.
 """
 import contextlib
+import copy
 import dataclasses
 import io
 import logging
@@ -27,6 +28,7 @@ from torch.utils import _pytree as pytree
 
 from daceml.errors import InputError
 from daceml.onnx.importer import ONNXModel
+from daceml.torch import autograd
 from daceml.torch.dispatch import FastCall
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,8 @@ class _Build:
     out_spec: Any
     dynamic: bool
     fast: Any = None
+    #: the SDFG after level 1 (ONNX nodes): what automatic differentiation works on
+    autodiff_sdfg: Any = None
 
 
 def _dynamic_dims(a: Any, dynamic: Any) -> Optional[Dict[int, Any]]:
@@ -193,15 +197,21 @@ class DaceModule(nn.Module):
                                f"{model.inputs}, the call has {len(tensor_positions)} tensor arguments")
         for fn in self._hooks["post_import"].values():
             fn(model)
-        if self.optimize_level:
-            from daceml.transformation import optimize
-            optimize(model, level=self.optimize_level)
+        from daceml.transformation import optimize, pipeline
+        levels = pipeline(self.optimize_level)
+        if levels:
+            optimize(model, passes=levels[:1])
+        autodiff_sdfg = copy.deepcopy(model.sdfg)
+        if len(levels) > 1:
+            optimize(model, passes=levels[1:])
         for fn in self._hooks["post_optimize"].values():
             fn(model)
-        program = model.compile()
-        for fn in self._hooks["post_compile"].values():
-            fn(program)
-        build = _Build(model, state_inputs, tensor_positions, out_spec, dynamic)
+        build = _Build(model, state_inputs, tensor_positions, out_spec, dynamic, autodiff_sdfg=autodiff_sdfg)
+        if not self._needs_grad(flat):
+            # inference program now; training programs are built when a call needs gradients
+            program = model.compile()
+            for fn in self._hooks["post_compile"].values():
+                fn(program)
         self._builds[key] = build
         self._last = build
         return build
@@ -212,7 +222,8 @@ class DaceModule(nn.Module):
         if not kwargs and self._last is not None and self._last.fast is not None:
             # the fast path: same signature as the last call (checked inside FastCall)
             build = self._last
-            if self._fast_key == (self.training, len(args)) and all(isinstance(a, torch.Tensor) for a in args):
+            if self._fast_key == (self.training, len(args)) and all(isinstance(a, torch.Tensor) for a in args) \
+                    and not (torch.is_grad_enabled() and self._needs_grad(args)):
                 outs = build.fast(args)
                 if outs is not None:
                     return pytree.tree_unflatten(outs, build.out_spec)
@@ -220,6 +231,13 @@ class DaceModule(nn.Module):
         flat, _ = pytree.tree_flatten(args)
         inputs = [flat[i] for i in build.tensor_positions]
         state = self.state_dict(keep_vars=True)
+        if self._needs_grad(flat):
+            live = {init: state[key] for init, key in build.state_inputs.items()}
+            self._last = build
+            self._fast_key = None
+            outs = autograd.forward_with_grad(build.model, inputs, live, sdfg=build.autodiff_sdfg,
+                                              optimize_level=self.optimize_level)
+            return pytree.tree_unflatten(outs, build.out_spec)
         weights = {}
         for init, key in build.state_inputs.items():
             t = state[key].detach()
@@ -238,6 +256,10 @@ class DaceModule(nn.Module):
             build.fast = FastCall(self._wrapped, build.model, build.state_inputs)
         self._fast_key = (self.training, len(args)) if flat_only_tensors else None
         return pytree.tree_unflatten(outs, build.out_spec)
+
+    def _needs_grad(self, flat: Sequence[Any]) -> bool:
+        """Whether this call must record gradients (autograd on, an input or parameter requires grad)."""
+        return autograd.needs_grad(list(flat) + list(self._wrapped.parameters()))
 
     def train(self, mode: bool = True) -> "DaceModule":
         """Sets training mode on this module and the wrapped one (its children are shared)."""

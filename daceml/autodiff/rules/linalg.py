@@ -119,8 +119,8 @@ class MatMulGradient(GradientRule):
                 # linear layer: one Gemm over the flattened batch, A_flat^T @ dY_flat
                 rows = math.prod(py[:-1])
                 out = _target(ctx, "B", [pb[-2], pb[-1]], dtype)
-                ctx.onnx("Gemm", {"A": ctx.reshaped(a0, [rows, pa[-1]]), "B": ctx.reshaped(g0, [rows, py[-1]])}, {"Y": out},
-                         transA=1)
+                flat_a, flat_g = ctx.reshaped(a0, [rows, pa[-1]]), ctx.reshaped(g0, [rows, py[-1]])
+                ctx.onnx("Gemm", {"A": flat_a, "B": flat_g}, {"Y": out}, transA=1)
             else:
                 out = _target(ctx, "B", list(batch) + [pb[-2], pb[-1]], dtype)
                 at = ctx.temp(pa[:-2] + [pa[-1], pa[-2]], dtype, "A_t")
