@@ -11,7 +11,7 @@ INSTALL_HASH := $(shell cat requirements.txt setup.py csrc/*.cpp scripts/system_
 STAMP  := $(VENV)/.daceml-installed-$(INSTALL_HASH)
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup run test test-all conformance clean-cache
+.PHONY: setup run test test-all bench conformance clean-cache
 
 setup: $(STAMP)
 
@@ -34,6 +34,9 @@ test: setup
 
 test-all: setup
 	$(PY) -m pytest -n $(PYTEST_WORKERS) -q -m "" tests
+
+bench: setup
+	$(PY) -m daceml.bench --out reports
 
 conformance: setup
 	$(PY) -m daceml.onnx.conformance --jobs 2 --out reports

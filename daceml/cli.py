@@ -3,6 +3,7 @@
     daceml compile MODEL.onnx            import and compile (or load the cached build)
     daceml run MODEL.onnx [--dim N=4]    run on random inputs, compare with onnxruntime, time it
     daceml report MODEL.onnx             bytes moved per lowering level, lower bound, roofline position
+    daceml bench [--only REGEX]          the CPU benchmark suite, report in reports/bench.md
     daceml ops                           which implementations each ONNX op has
     daceml gui MODEL [--port N] [--no-browser]   the browser GUI (MODEL: .onnx or file.py:ModuleClass)
     daceml conformance [--only REGEX]    the ONNX node conformance suite, report in reports/
@@ -118,6 +119,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                        add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=lambda a: __import__("daceml.onnx.conformance", fromlist=["main"]).main(a.rest))
+    p = sub.add_parser("bench", help="the CPU benchmark suite against eager, torch.compile and onnxruntime",
+                       add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=lambda a: __import__("daceml.bench", fromlist=["main"]).main(a.rest))
     p = sub.add_parser("report", help="bytes moved per lowering level, lower bound, roofline position")
     p.add_argument("model")
     p.add_argument("--dim", action="append", default=[], help="size of a symbolic dim, NAME=SIZE")

@@ -20,7 +20,6 @@ import onnx
 from onnx import numpy_helper
 
 import dace
-from dace import data as dt
 from dace import symbolic
 
 from daceml import compiler
@@ -134,11 +133,15 @@ class ONNXModel:
         if elem is None or elem == -1:
             raise InvalidNodeError(f"tensor {onnx_name!r}{where}: its type is unknown after shape inference; "
                                    "only tensor values are supported")
-        dtype = odt.to_dace(elem)
+        dtype = odt.storage_type(elem)  # exotic types (bfloat16, float8, int4, ...): their storage type
         if dtype is None:
             raise InvalidNodeError(f"tensor {onnx_name!r}{where} has element type {odt.onnx_type_name(elem)}, "
-                                   f"which daceml does not support; supported: "
-                                   f"{sorted(odt.onnx_type_name(t) for t in odt.ONNX_TO_DACE)}")
+                                   f"which daceml does not support; supported: {odt.supported_type_names()}")
+        if odt.exotic(elem) is not None and not getattr(self, "_exotic_checked", False):
+            self._exotic_checked = True  # once per model: no op but EXOTIC_OPS may touch exotic tensors
+            bad = odt.exotic_problems(self.model.graph, self.table.elem_type)
+            if bad:
+                raise UnsupportedOpsError([(op, label, "", why) for op, label, why in bad])
         if shape is None:
             raise InvalidNodeError(f"tensor {onnx_name!r}{where}: its shape could not be inferred "
                                    "(data-dependent shapes are not supported yet)")
@@ -148,6 +151,7 @@ class ONNXModel:
                     if str(s) not in self.sdfg.symbols:
                         self.sdfg.add_symbol(str(s), dace.int64)
         self.sdfg.add_array(name, shape if len(shape) else (1, ), dtype, transient=transient)
+        odt.mark_logical(self.sdfg.arrays[name], elem)
         return name
 
     def _build(self, graph: onnx.GraphProto) -> None:
@@ -319,12 +323,15 @@ class ONNXModel:
     def _check_input(self, name: str, value: Any, symbols: Dict[str, int]) -> Any:
         desc = self.sdfg.arrays[self._array(name)]
         onnx_shape = self.table.shape(name) or ()
-        expected_dtype = odt.to_numpy(desc.dtype)
+        expected_dtype = odt.numpy_dtype_of(desc)  # ml_dtypes' dtype for exotic types (bfloat16, ...)
+        exotic = odt.exotic_of(desc)
         is_torch = type(value).__module__.startswith("torch")
         if is_torch:
-            import torch
-            if value.dtype != odt.to_torch(desc.dtype):
-                raise InputTypeError(f"input {name!r}: expected dtype {expected_dtype}, got {value.dtype}")
+            if odt.torch_dtype_of(desc) is None:
+                raise InputTypeError(f"input {name!r} has element type {exotic.name}, which torch has no dtype "
+                                     f"of; pass a numpy array of dtype {expected_dtype} (ml_dtypes)")
+            if value.dtype != odt.torch_dtype_of(desc):
+                raise InputTypeError(f"input {name!r}: expected dtype {odt.torch_dtype_of(desc)}, got {value.dtype}")
             if value.device.type != "cpu":
                 raise InputError(f"input {name!r} is on device {value.device}; this model was compiled for the CPU")
             value = value.detach().contiguous() if value.requires_grad or not value.is_contiguous() else value
@@ -341,6 +348,8 @@ class ONNXModel:
                 raise InputTypeError(f"input {name!r}: expected dtype {expected_dtype}, got {value.dtype}")
             if not value.flags.c_contiguous:
                 value = value.copy(order="C")
+            if exotic is not None:
+                value = value.view(odt.to_numpy(desc.dtype))  # the same bits, as the storage type
             shape = value.shape
         if len(shape) != len(onnx_shape):
             raise InputError(f"input {name!r}: expected rank {len(onnx_shape)} (shape {_fmt(onnx_shape)}), "
@@ -399,14 +408,15 @@ class ONNXModel:
         results = []
         for out in self.outputs:
             arr = self.output_array(out)
-            desc = self.sdfg.arrays[arr]
+            desc = self.sdfg.arrays[self._array(out)]  # not the copy's: it holds the logical type
             shape = tuple(int(symbolic.evaluate(s, symbols)) if symbolic.issymbolic(s) else int(s) for s in desc.shape)
-            if torch_outputs:
+            if torch_outputs and odt.torch_dtype_of(desc) is not None:
                 import torch
-                buf = torch.empty(shape, dtype=odt.to_torch(desc.dtype))
-            else:
-                buf = np.empty(shape, dtype=odt.to_numpy(desc.dtype))
-            arrays[arr] = buf
+                buf = torch.empty(shape, dtype=odt.torch_dtype_of(desc))
+                arrays[arr] = buf
+            else:  # exotic types: an ml_dtypes array (also for torch callers if torch lacks the type)
+                buf = np.empty(shape, dtype=odt.numpy_dtype_of(desc))
+                arrays[arr] = buf.view(odt.to_numpy(desc.dtype))
             onnx_rank = len(self.table.shape(out) or ())
             results.append(buf.reshape(()) if onnx_rank == 0 else buf)
         return arrays, symbols, results

@@ -2,12 +2,14 @@
 
 Dynamo hands the backend an FX GraphModule per captured graph. daceml wraps it in
 a DaceModule (export, import, compile) and returns the compiled callable. What it
-cannot compile runs eagerly, with the reason logged (channel ``daceml.torch.dynamo``):
+cannot compile (export or import fails: unsupported ops, data-dependent shapes)
+runs eagerly, with the reason logged (channel ``daceml.torch.dynamo``).
 
-- graphs that need gradients (inputs or parameters that require grad while grad
-  mode is on): training through torch.compile is not supported yet, and silently
-  dropping the autograd graph would give wrong gradients;
-- graphs whose export or import fails (unsupported ops, data-dependent shapes).
+Training goes through daceml's own backward, not aot_autograd: the DaceModule
+differentiates the graph's SDFG itself (daceml.autodiff) and runs the backward
+program from a torch.autograd.Function, so the backward pass is generated,
+optimized and compiled by daceml like the forward. With aot_autograd, daceml
+would only see two separate forward graphs made by PyTorch's decompositions.
 
 The backend is registered through the ``torch_dynamo_backends`` entry point, so
 ``backend="daceml"`` works once daceml is installed.
@@ -22,19 +24,8 @@ from daceml.torch.module import DaceModule
 log = logging.getLogger(__name__)
 
 
-def _needs_grad(gm: torch.fx.GraphModule, example_inputs: List[Any]) -> bool:
-    if not torch.is_grad_enabled():
-        return False
-    tensors = [t for t in example_inputs if isinstance(t, torch.Tensor)]
-    return any(t.requires_grad for t in tensors) or any(p.requires_grad for p in gm.parameters())
-
-
 def daceml_backend(gm: torch.fx.GraphModule, example_inputs: List[Any], **options: Any) -> Callable:
     """The dynamo backend: compile ``gm`` with daceml, or fall back to eager (logged)."""
-    if _needs_grad(gm, example_inputs):
-        log.warning("daceml backend: running a graph of %d nodes eagerly: it needs gradients, and training "
-                    "through torch.compile(backend='daceml') is not supported yet", len(gm.graph.nodes))
-        return gm.forward
     if not all(isinstance(t, torch.Tensor) for t in example_inputs):
         log.warning("daceml backend: running eagerly: non-tensor graph inputs (%s)",
                     sorted({type(t).__name__ for t in example_inputs if not isinstance(t, torch.Tensor)}))

@@ -55,3 +55,22 @@ def test_torch_compile_backend(name):
     compiled = torch.compile(module, backend="daceml")
     with torch.no_grad():
         torch.testing.assert_close(compiled(*inputs), module(*inputs), **TOL)
+
+
+def test_torch_compile_training_uses_daceml_backward():
+    import copy
+    module, (x, ) = zoo.make("mlp")
+    ref = copy.deepcopy(module)
+    compiled = torch.compile(module, backend="daceml")
+    opt, opt_ref = torch.optim.SGD(module.parameters(), lr=0.1), torch.optim.SGD(ref.parameters(), lr=0.1)
+    for _ in range(3):
+        loss, loss_ref = compiled(x).pow(2).mean(), ref(x).pow(2).mean()
+        assert abs(loss.item() - loss_ref.item()) <= 1e-3 * abs(loss_ref.item())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        opt_ref.zero_grad()
+        loss_ref.backward()
+        opt_ref.step()
+    for p, q in zip(module.parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-4, rtol=1e-3)

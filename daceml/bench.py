@@ -1,0 +1,300 @@
+"""The CPU benchmark suite: ``make bench`` / ``daceml bench`` / ``python -m daceml.bench``.
+
+Every workload runs, in one process and in interleaved rounds (A B C D A B C D ...),
+through PyTorch eager, torch.compile (inductor), onnxruntime and daceml (DaceModule,
+all four optimization levels), with the same number of threads; the table has the
+median of each, the ratios, a control (eager timed twice: ratios only count when
+it is close to 1.0), daceml's max error against eager, and the compile times.
+Softmax and LayerNorm also report their bandwidth against the machine's, and the
+GEMM-bound workloads their FLOP rate against the BLAS SGEMM rate measured in the
+same run. Output: reports/bench.md, reports/bench.json and reports/bench.png.
+
+    python -m daceml.bench [--only REGEX] [--rounds 15] [--threads 2] [--out reports]
+"""
+import argparse
+import contextlib
+import dataclasses
+import io
+import json
+import logging
+import math
+import os
+import re
+import statistics
+import sys
+import time
+import warnings
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Workload:
+    name: str
+    make: Callable[[], Tuple[torch.nn.Module, Tuple[torch.Tensor, ...]]]
+    flops: Optional[float] = None       # per call, for GEMM-bound workloads
+    bytes: Optional[float] = None       # per call, for bandwidth-bound workloads
+    training: bool = False
+
+
+def _workloads() -> List[Workload]:
+    from daceml.testing import bench_models as bm
+
+    def model(factory, *shape, bn=False):
+        def make():
+            torch.manual_seed(0)
+            m = factory().eval()
+            if bn:
+                bm.randomize_batchnorm(m)
+            return m, (torch.randn(*shape), )
+        return make
+
+    b, s, h = 8, 128, 768
+    bert_flops = 2 * b * s * (4 * h * h + 2 * h * 3072) + 4 * b * s * s * h
+    mlp_flops = 2 * 256 * 1024 * 1024 * 3
+    return [
+        Workload("bert_layer", model(bm.BertEncoderLayer, b, s, h), flops=bert_flops),
+        Workload("bert_layer_train", model(bm.BertEncoderLayer, b, s, h), flops=3 * bert_flops, training=True),
+        Workload("mbconv_block", model(lambda: bm.MBConvBlock(24, 24, 6, 3, 1), 8, 24, 56, 56, bn=True)),
+        Workload("efficientnet_b0", model(bm.EfficientNetB0, 1, 3, 224, 224, bn=True)),
+        Workload("resnet50", model(bm.ResNet50, 1, 3, 224, 224, bn=True)),
+        Workload("mobilenetv2", model(bm.MobileNetV2, 1, 3, 224, 224, bn=True)),
+        Workload("mlp3_1024", model(bm.MLP3, 256, 1024), flops=mlp_flops),
+        Workload("softmax", model(bm.SoftmaxOnly, 8, 12, 128, 128), bytes=2 * 4 * 8 * 12 * 128 * 128),
+        Workload("layernorm", model(bm.LayerNormOnly, 8 * 128, 768), bytes=2 * 4 * 8 * 128 * 768),
+    ]
+
+
+def _quiet():
+    sink = io.StringIO()
+    stack = contextlib.ExitStack()
+    stack.enter_context(warnings.catch_warnings())
+    warnings.simplefilter("ignore")
+    stack.enter_context(contextlib.redirect_stdout(sink))
+    stack.enter_context(contextlib.redirect_stderr(sink))
+    return stack
+
+
+def _ort_session(module, inputs, threads):
+    import onnxruntime as ort
+    with _quiet():
+        proto = torch.onnx.export(module, inputs, dynamo=True, external_data=False).model_proto
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    feeds = {i.name: t.numpy() for i, t in zip(sess.get_inputs(), inputs)}
+    return lambda: sess.run(None, feeds)
+
+
+def _train_step(module, inputs):
+    params = [p for p in module.parameters() if p.requires_grad]
+
+    def step():
+        for p in params:
+            p.grad = None
+        module(*inputs).float().square().mean().backward()
+    return step
+
+
+def _sgemm_rate(threads: int) -> float:
+    n = 1024
+    a = torch.randn(n, n)
+    a @ a
+    times = []
+    for _ in range(7):
+        t0 = time.perf_counter()
+        a @ a
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def _bandwidth() -> float:
+    a = torch.ones(64 << 20)
+    b = torch.empty_like(a)
+    times = []
+    for _ in range(7):
+        t0 = time.perf_counter()
+        b.copy_(a)
+        times.append(time.perf_counter() - t0)
+    return 2 * a.numel() * 4 / statistics.median(times) / 1e9
+
+
+def run_workload(w: Workload, rounds: int, threads: int) -> Dict[str, Any]:
+    from daceml.torch import DaceModule
+    module, inputs = w.make()
+    row: Dict[str, Any] = {"workload": w.name, "compile_s": {}, "median_ms": {}, "notes": []}
+    variants: Dict[str, Callable[[], Any]] = {}
+    grad = torch.enable_grad() if w.training else torch.no_grad()
+    with grad:
+        # eager
+        variants["eager"] = _train_step(module, inputs) if w.training else (lambda: module(*inputs))
+        # daceml
+        t0 = time.perf_counter()
+        dace_module = DaceModule(module, name=f"bench_{w.name}")
+        if w.training:
+            dace_step = _train_step(dace_module, inputs)
+            dace_step()
+        else:
+            dace_out = dace_module(*inputs)
+            with torch.no_grad():
+                ref = module(*inputs)
+            row["max_abs_error"] = float((dace_out - ref).abs().max())
+            dace_step = lambda: dace_module(*inputs)  # noqa: E731
+        row["compile_s"]["daceml"] = time.perf_counter() - t0
+        variants["daceml"] = dace_step
+        # torch.compile
+        t0 = time.perf_counter()
+        try:
+            with _quiet():
+                compiled = torch.compile(module)
+                step = _train_step(compiled, inputs) if w.training else (lambda: compiled(*inputs))
+                step()
+            variants["torch.compile"] = step
+            row["compile_s"]["torch.compile"] = time.perf_counter() - t0
+        except Exception as ex:
+            row["notes"].append(f"torch.compile failed: {type(ex).__name__}")
+        # onnxruntime (inference only)
+        if not w.training:
+            t0 = time.perf_counter()
+            try:
+                variants["onnxruntime"] = _ort_session(module, inputs, threads)
+                variants["onnxruntime"]()
+                row["compile_s"]["onnxruntime"] = time.perf_counter() - t0
+            except Exception as ex:
+                row["notes"].append(f"onnxruntime failed: {type(ex).__name__}: {str(ex)[:100]}")
+        variants["eager (control)"] = variants["eager"]
+        times: Dict[str, List[float]] = {k: [] for k in variants}
+        for f in variants.values():
+            f()
+        for _ in range(rounds):
+            for k, f in variants.items():
+                t0 = time.perf_counter()
+                f()
+                times[k].append(time.perf_counter() - t0)
+    row["median_ms"] = {k: 1000 * statistics.median(v) for k, v in times.items()}
+    med = row["median_ms"]
+    row["control"] = med["eager (control)"] / med["eager"]
+    row["speedup_vs_eager"] = med["eager"] / med["daceml"]
+    peers = [med[k] for k in ("torch.compile", "onnxruntime") if k in med]
+    row["speedup_vs_best_peer"] = min(peers) / med["daceml"] if peers else None
+    if w.flops:
+        row["daceml_gflops"] = w.flops / (med["daceml"] / 1000) / 1e9
+    if w.bytes:
+        row["daceml_gbs"] = w.bytes / (med["daceml"] / 1000) / 1e9
+    return row
+
+
+def _geomean(values: List[float]) -> float:
+    values = [v for v in values if v]
+    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else float("nan")
+
+
+def write_reports(rows: List[Dict[str, Any]], machine: Dict[str, Any], out: str) -> Dict[str, Any]:
+    os.makedirs(out, exist_ok=True)
+    inference = [r for r in rows if not r["workload"].endswith("_train")]
+    training = [r for r in rows if r["workload"].endswith("_train")]
+    summary = {
+        "machine": machine,
+        "geomean_speedup_vs_eager_inference": _geomean([r["speedup_vs_eager"] for r in inference]),
+        "geomean_speedup_vs_eager_training": _geomean([r["speedup_vs_eager"] for r in training]),
+        "geomean_speedup_vs_best_peer": _geomean([r["speedup_vs_best_peer"] for r in inference]),
+        "rows": rows,
+    }
+    with open(os.path.join(out, "bench.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    cols = ["eager", "torch.compile", "onnxruntime", "daceml"]
+    lines = [f"# CPU benchmark ({machine['threads']} threads, {machine['rounds']} interleaved rounds, medians)", "",
+             f"Machine: {machine['cpu']}; measured in this run: bandwidth {machine['bandwidth_gbs']:.1f} GB/s, "
+             f"SGEMM {machine['sgemm_gflops']:.1f} GFLOP/s.", "",
+             "| workload | " + " | ".join(f"{c} (ms)" for c in cols) + " | x eager | x best peer | control | "
+             "max err | compile daceml / torch.compile (s) | notes |",
+             "|---" * (len(cols) + 7) + "|"]
+    for r in rows:
+        med = r["median_ms"]
+        extra = []
+        if "daceml_gflops" in r:
+            extra.append(f"{r['daceml_gflops']:.0f} GFLOP/s = {100 * r['daceml_gflops'] / machine['sgemm_gflops']:.0f}% "
+                         "of SGEMM")
+        if "daceml_gbs" in r:
+            extra.append(f"{r['daceml_gbs']:.1f} GB/s = {100 * r['daceml_gbs'] / machine['bandwidth_gbs']:.0f}% of "
+                         "bandwidth")
+        lines.append(f"| {r['workload']} | " + " | ".join(f"{med[c]:.2f}" if c in med else "—" for c in cols) +
+                     f" | {r['speedup_vs_eager']:.2f} | " +
+                     (f"{r['speedup_vs_best_peer']:.2f}" if r["speedup_vs_best_peer"] else "—") +
+                     f" | {r['control']:.2f} | " + (f"{r['max_abs_error']:.1e}" if "max_abs_error" in r else "—") +
+                     f" | {r['compile_s'].get('daceml', 0):.0f} / {r['compile_s'].get('torch.compile', 0):.0f} | "
+                     + "; ".join(extra + r["notes"]) + " |")
+    lines += ["", f"Geometric-mean speedup over eager: inference {summary['geomean_speedup_vs_eager_inference']:.2f}x, "
+              f"training {summary['geomean_speedup_vs_eager_training']:.2f}x; over the faster of torch.compile and "
+              f"onnxruntime: {summary['geomean_speedup_vs_best_peer']:.2f}x.", "",
+              "Generated by `make bench` (`python -m daceml.bench`)."]
+    with open(os.path.join(out, "bench.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    _chart(rows, os.path.join(out, "bench.png"))
+    return summary
+
+
+def _chart(rows: List[Dict[str, Any]], path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    cols = ["torch.compile", "onnxruntime", "daceml"]
+    names = [r["workload"] for r in rows]
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(max(8, 1.2 * len(names)), 4.5))
+    for i, c in enumerate(cols):
+        vals = [r["median_ms"]["eager"] / r["median_ms"][c] if c in r["median_ms"] else 0 for r in rows]
+        ax.bar(x + (i - 1) * 0.27, vals, 0.27, label=c)
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_xticks(x, names, rotation=30, ha="right")
+    ax.set_ylabel("speedup over PyTorch eager")
+    ax.set_title("CPU, medians of interleaved rounds")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="daceml bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", help="regular expression over workload names")
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default="reports")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    import platform
+    machine = {"threads": args.threads, "rounds": args.rounds, "cpu": platform.processor() or platform.machine(),
+               "sgemm_gflops": _sgemm_rate(args.threads), "bandwidth_gbs": _bandwidth()}
+    rows = []
+    for w in _workloads():
+        if args.only and not re.search(args.only, w.name):
+            continue
+        print(f"{w.name} ...", flush=True)
+        try:
+            rows.append(run_workload(w, args.rounds, args.threads))
+            r = rows[-1]
+            print(f"  " + ", ".join(f"{k} {v:.2f} ms" for k, v in r["median_ms"].items()) +
+                  f"; x eager {r['speedup_vs_eager']:.2f}", flush=True)
+        except Exception as ex:
+            print(f"  failed: {type(ex).__name__}: {str(ex)[:300]}", flush=True)
+            rows.append({"workload": w.name, "median_ms": {"eager": float("nan"), "daceml": float("nan")},
+                         "speedup_vs_eager": 0.0, "speedup_vs_best_peer": None, "control": float("nan"),
+                         "compile_s": {}, "notes": [f"daceml failed: {type(ex).__name__}: {str(ex)[:120]}"]})
+    summary = write_reports(rows, machine, args.out)
+    print(f"geomean x eager: inference {summary['geomean_speedup_vs_eager_inference']:.2f}, training "
+          f"{summary['geomean_speedup_vs_eager_training']:.2f}; x best peer {summary['geomean_speedup_vs_best_peer']:.2f}"
+          f"; report in {args.out}/bench.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
