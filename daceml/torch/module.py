@@ -183,6 +183,7 @@ class DaceModule(nn.Module):
                                  "supported by DaceModule so far")
         log.info("building %s for signature %s", self.program_name, key[1:-1])
         module = self._wrapped
+        self._check_training_semantics(module)
         with torch.no_grad():
             out = module(*args)
         _, out_spec = pytree.tree_flatten(out)
@@ -256,6 +257,24 @@ class DaceModule(nn.Module):
             build.fast = FastCall(self._wrapped, build.model, build.state_inputs)
         self._fast_key = (self.training, len(args)) if flat_only_tensors else None
         return pytree.tree_unflatten(outs, build.out_spec)
+
+    def _check_training_semantics(self, module: nn.Module) -> None:
+        """The ONNX export has inference semantics for batch norm and dropout; in training mode
+        they would silently differ from eager, so refuse them clearly instead."""
+        bad = []
+        for name, m in module.named_modules():
+            if not m.training:
+                continue
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                bad.append(f"{name or type(module).__name__} ({type(m).__name__}: batch statistics and "
+                           "running-stat updates)")
+            elif isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0:
+                bad.append(f"{name or type(module).__name__} ({type(m).__name__} p={m.p}: random masks)")
+        if bad:
+            raise NotImplementedError(
+                f"{self.program_name} is in training mode, and daceml does not support the training-mode "
+                "behaviour of these modules yet: " + "; ".join(bad) + ". Call .eval() on the module (or on "
+                "those submodules), or run it eagerly.")
 
     def _needs_grad(self, flat: Sequence[Any]) -> bool:
         """Whether this call must record gradients (autograd on, an input or parameter requires grad)."""

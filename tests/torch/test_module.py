@@ -125,6 +125,20 @@ def test_train_and_eval_follow_the_module():
     assert module.training
 
 
+def test_training_mode_batchnorm_and_dropout_are_refused_clearly():
+    module, (x, ) = zoo.make("resnet_bottleneck")
+    dm = DaceModule(module)
+    dm.train()
+    with pytest.raises(NotImplementedError, match=r"bn1 \(BatchNorm2d"):
+        dm(x)
+    drop = DaceModule(nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5)))
+    with pytest.raises(NotImplementedError, match="Dropout p=0.5"):
+        drop(torch.randn(2, 4))
+    drop.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(drop(torch.ones(2, 4)), drop.module(torch.ones(2, 4)))
+
+
 def test_bad_inputs(mlp):
     dm = DaceModule(mlp)
     with torch.no_grad():
