@@ -20,7 +20,7 @@ import contextlib
 import dataclasses
 import logging
 import os
-from typing import Any, Dict, Iterator, List, Optional, get_type_hints
+from typing import Any, Dict, Iterator, List, get_type_hints
 
 log = logging.getLogger(__name__)
 

@@ -80,7 +80,7 @@ def test_corrupt_entry_is_rebuilt(private_cache):
 
 
 def test_different_programs_same_name_get_different_entries(private_cache):
-    from onnx import TensorProto, helper
+    from onnx import TensorProto
     a = _build_worker.model("same_name")
     b = _build_worker.model("same_name")
     b.graph.node[1].op_type = "Abs"
