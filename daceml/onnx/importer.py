@@ -93,6 +93,12 @@ class ONNXModel:
         self.outputs: List[str] = [o.name for o in graph.output]
         self._array_names: Dict[str, str] = {}
         self._output_arrays: Dict[str, str] = {}
+        #: node label -> (NodeProto, input tensor names, output tensor names)
+        self._node_protos: Dict[str, Tuple[onnx.NodeProto, List[str], List[str]]] = {}
+        #: onnxruntime fallbacks of this model (kept alive: compiled code calls them)
+        self.fallbacks: Dict[str, Any] = {}
+        #: symbol values of the call in progress (read by onnxruntime fallbacks)
+        self.current_symbols: Dict[str, int] = {}
         self.sdfg = dace.SDFG(self.name)
         self._program: Optional[compiler.CompiledProgram] = None
         self._build(graph)
@@ -180,6 +186,7 @@ class ONNXModel:
             out_conns = self._connectors(cls.schema.outputs, node.output, node, label)
             attrs = {a.name: a for a in node.attribute}
             lib_node = cls(label, inputs=[c for c, _ in in_conns], outputs=[c for c, _ in out_conns], **attrs)
+            self._node_protos[label] = (node, [t for _, t in in_conns], [t for _, t in out_conns])
             lib_node.onnx_node_name = node.name
             state.add_node(lib_node)
             for conn, tensor in in_conns:
@@ -272,26 +279,53 @@ class ONNXModel:
         return result
 
     def _check_implementations(self) -> None:
+        """Every node must have an implementation that applies; nodes that only the onnxruntime
+        fallback can run get their callback here. Reports all unsupported nodes at once."""
+        from daceml import config
+        from daceml.onnx.ops.onnxruntime_fallback import CALLBACK_CONNECTOR
         bad = []
         table: Dict[str, str] = {}
-        for node, state in self.sdfg.all_nodes_recursive():
+        for node, state in list(self.sdfg.all_nodes_recursive()):
             if not isinstance(node, onnx_nodes.ONNXOp):
                 continue
             order = registry.candidate_order(node.schema.name, node.implementation)
             impls = registry.implementations(node.schema.name)
             reasons = {}
+            chosen = None
             for name in order:
+                if impls[name].is_fallback and config.settings.allow_onnxruntime_fallback \
+                        and CALLBACK_CONNECTOR not in node.in_connectors:
+                    try:
+                        self._prepare_fallback(node, state)
+                    except Exception as ex:
+                        reasons[name] = f"onnxruntime cannot run it either: {type(ex).__name__}: {ex}"
+                        continue
                 reasons[name] = registry._reason(impls[name], node, state, state.sdfg)
                 if reasons[name] is None:
-                    table.setdefault(node.schema.name, name)
+                    chosen = name
                     break
-            else:
+            if chosen is None:
                 detail = "; ".join(f"{n}: {r}" for n, r in reasons.items()) or "no implementation registered"
                 bad.append((node.schema.name, node.onnx_node_name or node.label, "", detail))
+            else:
+                table.setdefault(node.schema.name, chosen)
+                if impls[chosen].is_fallback:
+                    log.warning("%s runs through onnxruntime (fallback): %s", node.describe(),
+                                "; ".join(f"{n}: {r}" for n, r in reasons.items() if r) or "no pure implementation")
         if bad:
             raise UnsupportedOpsError(bad, f"ops with a pure implementation: {', '.join(registry.native_ops())}")
         self.implementation_table = dict(sorted(table.items()))
         log.info("implementations: %s", ", ".join(f"{op}->{impl}" for op, impl in self.implementation_table.items()))
+
+    def _prepare_fallback(self, node, state) -> None:
+        """Gives ``node`` an onnxruntime session and the input that carries its callback's address."""
+        from daceml.onnx.ops.onnxruntime_fallback import CALLBACK_CONNECTOR, OrtNodeRunner
+        proto, ins, outs = self._node_protos[node.label]
+        runner = OrtNodeRunner(self, proto, ins, outs)
+        self.fallbacks[node.label] = runner
+        name = self.add_weight(f"__daceml_callback_{node.label}", np.array([runner.address], dtype=np.int64))
+        node.add_in_connector(CALLBACK_CONNECTOR)
+        state.add_edge(state.add_read(name), None, node, CALLBACK_CONNECTOR, self.sdfg.make_array_memlet(name))
 
     # --- compile and call ---------------------------------------------------------------------
 
@@ -387,9 +421,18 @@ class ONNXModel:
         if missing:
             raise InputError(f"model {self.name!r}: symbols {missing} are not determined by the input shapes")
         program(**arrays, **symbols)
+        self.raise_fallback_errors()
         if as_list:
             return results
         return results[0] if len(results) == 1 else tuple(results)
+
+    def raise_fallback_errors(self) -> None:
+        """Raises the first error an onnxruntime fallback met during the last call."""
+        for label, runner in self.fallbacks.items():
+            if runner.error is not None:
+                error, runner.error = runner.error, None
+                raise RuntimeError(f"node {label!r} ({runner.node.op_type}), run through onnxruntime, failed: "
+                                   f"{type(error).__name__}: {error}") from error
 
     def arguments(self, inputs: Sequence[Any], weights: Optional[Dict[str, Any]] = None,
                   torch_outputs: bool = False) -> Tuple[Dict[str, Any], Dict[str, int], List[Any]]:
@@ -405,6 +448,7 @@ class ONNXModel:
         if weights:
             for wname, value in weights.items():
                 arrays[self._array(wname)] = self._check_weight(wname, value)
+        self.current_symbols = symbols
         results = []
         for out in self.outputs:
             arr = self.output_array(out)

@@ -112,5 +112,8 @@ class FastCall:
             slots.append(slot)
             values.append(buf.data_ptr())
             results.append(buf.reshape(()) if rank == 0 else buf)
+        self.model.current_symbols = symbols
         prog.call_with_updates(slots, values)
+        if self.model.fallbacks:
+            self.model.raise_fallback_errors()
         return results
