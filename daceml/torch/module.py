@@ -30,6 +30,7 @@ from daceml.errors import InputError
 from daceml.onnx.importer import ONNXModel
 from daceml.torch import autograd
 from daceml.torch.dispatch import FastCall
+from daceml.torch.training_modes import TrainingExport, apply_running_stats, training_batchnorms
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,9 @@ class _Build:
     fast: Any = None
     #: the SDFG after level 1 (ONNX nodes): what automatic differentiation works on
     autodiff_sdfg: Any = None
+    #: training-mode batch norms whose new running statistics follow the outputs
+    stats_bns: Any = ()
+    n_outputs: int = 0
 
 
 def _dynamic_dims(a: Any, dynamic: Any) -> Optional[Dict[int, Any]]:
@@ -184,10 +188,17 @@ class DaceModule(nn.Module):
         log.info("building %s for signature %s", self.program_name, key[1:-1])
         module = self._wrapped
         self._check_training_semantics(module)
+        stats_bns: Sequence[nn.Module] = ()
+        export_module = module
+        if self.training and training_batchnorms(module):
+            export_module = TrainingExport(module)
+            stats_bns = export_module.stats_modules()
         with torch.no_grad():
-            out = module(*args)
-        _, out_spec = pytree.tree_flatten(out)
-        proto = _export(module, args, dynamic, self.opset)
+            out = export_module(*args)
+        if stats_bns or export_module is not module:
+            out = out[0]
+        out_leaves, out_spec = pytree.tree_flatten(out)
+        proto = _export(export_module, args, dynamic, self.opset)
         model = ONNXModel(proto, name=self.program_name)
         state = self.state_dict(keep_vars=True)
         state_inputs = {init: init for init in model.weights if init in state}
@@ -207,7 +218,8 @@ class DaceModule(nn.Module):
             optimize(model, passes=levels[1:])
         for fn in self._hooks["post_optimize"].values():
             fn(model)
-        build = _Build(model, state_inputs, tensor_positions, out_spec, dynamic, autodiff_sdfg=autodiff_sdfg)
+        build = _Build(model, state_inputs, tensor_positions, out_spec, dynamic, autodiff_sdfg=autodiff_sdfg,
+                       stats_bns=tuple(stats_bns), n_outputs=len(out_leaves))
         if not self._needs_grad(flat):
             # inference program now; training programs are built when a call needs gradients
             program = model.compile()
@@ -227,7 +239,7 @@ class DaceModule(nn.Module):
                     and not (torch.is_grad_enabled() and self._needs_grad(args)):
                 outs = build.fast(args)
                 if outs is not None:
-                    return pytree.tree_unflatten(outs, build.out_spec)
+                    return self._finish(build, outs)
         build = self._build_for(args, kwargs)
         flat, _ = pytree.tree_flatten(args)
         inputs = [flat[i] for i in build.tensor_positions]
@@ -238,7 +250,7 @@ class DaceModule(nn.Module):
             self._fast_key = None
             outs = autograd.forward_with_grad(build.model, inputs, live, sdfg=build.autodiff_sdfg,
                                               optimize_level=self.optimize_level)
-            return pytree.tree_unflatten(outs, build.out_spec)
+            return self._finish(build, outs)
         weights = {}
         for init, key in build.state_inputs.items():
             t = state[key].detach()
@@ -256,19 +268,25 @@ class DaceModule(nn.Module):
         if build.fast is None and flat_only_tensors:
             build.fast = FastCall(self._wrapped, build.model, build.state_inputs)
         self._fast_key = (self.training, len(args)) if flat_only_tensors else None
+        return self._finish(build, outs)
+
+    @staticmethod
+    def _finish(build: _Build, outs: List[Any]) -> Any:
+        """The module's outputs in their structure; new running statistics into the buffers."""
+        if build.stats_bns:
+            apply_running_stats(build.stats_bns, outs[build.n_outputs:])
+            outs = outs[:build.n_outputs]
         return pytree.tree_unflatten(outs, build.out_spec)
 
     def _check_training_semantics(self, module: nn.Module) -> None:
-        """The ONNX export has inference semantics for batch norm and dropout; in training mode
-        they would silently differ from eager, so refuse them clearly instead."""
+        """The ONNX export has inference semantics for dropout; in training mode it would silently
+        differ from eager (random masks), so refuse it clearly instead. (Training-mode batch norm
+        is handled: see daceml.torch.training_modes.)"""
         bad = []
         for name, m in module.named_modules():
             if not m.training:
                 continue
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                bad.append(f"{name or type(module).__name__} ({type(m).__name__}: batch statistics and "
-                           "running-stat updates)")
-            elif isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0:
+            if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0:
                 bad.append(f"{name or type(module).__name__} ({type(m).__name__} p={m.p}: random masks)")
         if bad:
             raise NotImplementedError(

@@ -59,6 +59,27 @@ class CastGradient(GradientRule):
         ctx.copy(ctx.output_grad("output"), ctx.input_grad("input"))
 
 
+@gradient_rule("CastLike")
+class CastLikeGradient(GradientRule):
+    """CastLike between floating-point types: the output gradient converted back to ``input``'s type
+    (``target_type`` only gives the type: no gradient flows to it)."""
+
+    @staticmethod
+    def why_not(node, state, sdfg):
+        for d in (node.in_desc(state, sdfg, "input"), node.out_desc(state, sdfg, "output")):
+            if d.dtype.ctype not in _FLOATS:
+                return f"a CastLike involving {d.dtype.to_string()} is not differentiable"
+        return None
+
+    @staticmethod
+    def backward(ctx) -> None:
+        if "input" in ctx.grad_inputs:
+            ctx.copy(ctx.output_grad_or_zero("output"), ctx.input_grad("input"))
+        if "target_type" in ctx.grad_inputs:  # only its type is used: a zero gradient
+            from daceml.autodiff import kernels
+            kernels.fill(ctx._bp, ctx.input_grad("target_type"), 0)
+
+
 @gradient_rule("Transpose")
 class TransposeGradient(GradientRule):
     """Transpose: the output gradient transposed back (inverse permutation)."""
