@@ -39,7 +39,7 @@ bench: setup
 	$(PY) -m daceml.bench --out reports
 
 conformance: setup
-	$(PY) -m daceml.onnx.conformance --jobs 2 --out reports
+	$(PY) -m daceml.onnx.conformance --jobs 2 --with-fallback --out reports
 
 clean-cache:
 	rm -rf $${DACEML_CACHE_DIR:-$$HOME/.cache/daceml}
