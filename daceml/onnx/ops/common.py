@@ -208,7 +208,7 @@ static inline float daceml_h2f(dace::float16 h) {
     } else {
         uint32_t e = 113;
         while ((mant & 0x400u) == 0) { mant <<= 1; --e; }
-        bits = sign | ((e - 1u) << 23) | ((mant & 0x3ffu) << 13);
+        bits = sign | (e << 23) | ((mant & 0x3ffu) << 13);
     }
     float f;
     std::memcpy(&f, &bits, sizeof f);
