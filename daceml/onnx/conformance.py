@@ -223,6 +223,12 @@ def _run_batch_now(names: List[str]) -> Dict[str, Tuple[str, str]]:
             prepared[name] = models[name].arguments([_to_numpy(x) for x in cases[name].data_sets[0][0]])
         except Exception as ex:
             results[name] = ("fail", f"inputs refused: {type(ex).__name__}: {str(ex)[:200]}")
+            continue
+        unbound = sorted(set(map(str, models[name].sdfg.free_symbols)) - set(prepared[name][1]))
+        if unbound:
+            del prepared[name]
+            results[name] = ("fail", f"data-dependent shapes: symbols {unbound} are not determined by the "
+                                     "input shapes")
     runnable = [n for n in names if n in prepared]
     if runnable:
         run_group(runnable, f"{len(runnable)}_{abs(hash(tuple(runnable))) % 10**8}")
