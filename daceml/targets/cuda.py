@@ -15,6 +15,21 @@ CUDA 13 needs three fixes to DaCe 1.0.2's defaults, all carried here:
 3. CUB 3 removed iterators DaCe's runtime headers use; a force-included header
    maps them (cuda_support/cub_compat.h).
 
+Before the GPU transformation, :func:`to_gpu` makes the program device code:
+
+- every ONNX node whose op has a ``cuda`` implementation (:mod:`daceml.onnx.ops.gpu`)
+  that applies is expanded with it (the CPU kernels of MatMul, Conv, Softmax, ... are
+  host-only C++); other nodes use the registry's usual order (their ``pure``
+  implementations: elementwise maps, shape ops);
+- helper functions the ``pure`` expansions put into the CPU file's global code
+  (float16 conversions, ``daceml_convert``, the elementwise ``daceml_max``/``daceml_min``/
+  ``daceml_mod``) are also emitted into the CUDA file, marked ``__host__ __device__``;
+- multi-dimensional maps around C++ tasklets that take whole arrays (the shape ops'
+  gathers) are flattened into one dimension, so a kernel's blocks are full whatever the
+  innermost dim;
+- the program's arguments are placed in GPU global memory before the transformation, so
+  it adds no host<->device copies: a CUDA program takes device pointers.
+
 Calling CUDA code on a machine without a GPU segfaults the process, so
 :func:`require_gpu` checks for a device first and raises a clear error.
 """
@@ -23,12 +38,15 @@ import copy
 import ctypes
 import logging
 import os
+import re
 import shutil
 import warnings
 from functools import lru_cache
-from typing import Iterator, Optional
+from typing import Dict, Iterator, List, Optional
 
 import dace
+from dace import subsets
+from dace.sdfg import nodes as sdnodes
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +56,12 @@ DEFAULT_ARCH = "80"
 
 class NoGPUError(RuntimeError):
     """A GPU program was about to run on a machine without a usable NVIDIA GPU."""
+
+
+class HostCodeOnDeviceError(NotImplementedError):
+    """The program holds host-only C++ (an op whose implementation uses GCC vector extensions,
+    std::vector, OpenMP or a host helper library, and that has no ``cuda`` implementation that
+    applies): nvcc would reject it in a kernel, or it would run on the host over GPU memory."""
 
 
 def nvcc_path() -> Optional[str]:
@@ -94,7 +118,9 @@ def cuda_settings(cuda_arch: Optional[str] = None) -> Iterator[str]:
     keys = [("compiler", "cuda", "cuda_arch"), ("compiler", "cuda", "args"), ("compiler", "extra_cmake_args"),
             ("compiler", "cuda", "backend"), ("compiler", "cuda", "default_block_size")]
     saved = {k: dace.Config.get(*k) for k in keys}
-    nvcc_args = (f"-O3 -Xcompiler -march=native -Xcompiler -Wno-unused-parameter "
+    # --expt-relaxed-constexpr: device code of the pure expansions calls constexpr host functions
+    # (std::max, std::min, std::numeric_limits<T>::infinity())
+    nvcc_args = (f"-O3 -Xcompiler -march=native -Xcompiler -Wno-unused-parameter --expt-relaxed-constexpr "
                  f"-include {os.path.join(SUPPORT_DIR, 'cub_compat.h')}")
     cmake_args = (f"-DCMAKE_USER_MAKE_RULES_OVERRIDE_CUDA={os.path.join(SUPPORT_DIR, 'cuda17_rules.cmake')} "
                   f"-DLOCAL_CUDA_ARCHITECTURES={a}")
@@ -112,16 +138,200 @@ def cuda_settings(cuda_arch: Optional[str] = None) -> Iterator[str]:
             dace.Config.set(*k, value=v)
 
 
+#: name of the device implementations in the op registry
+CUDA_IMPLEMENTATION = "cuda"
+
+
+def choose_cuda_implementations(sdfg: dace.SDFG) -> Dict[str, int]:
+    """Sets the implementation of every ONNX node (nested SDFGs included) whose op has a
+    ``cuda`` implementation that applies to it; returns how many nodes per op. Nodes where
+    it does not apply keep the registry's usual order (logged at debug level with the reason)."""
+    from daceml.onnx.nodes import ONNXOp
+    from daceml.onnx.ops import registry
+    chosen: Dict[str, int] = {}
+    for node, state in list(sdfg.all_nodes_recursive()):
+        if not isinstance(node, ONNXOp):
+            continue
+        op = node.schema.name
+        impl = registry.implementations(op).get(CUDA_IMPLEMENTATION)
+        if impl is None:
+            continue
+        reason = registry._reason(impl, node, state, state.sdfg)
+        if reason is None:
+            node.implementation = CUDA_IMPLEMENTATION
+            chosen[op] = chosen.get(op, 0) + 1
+        else:
+            log.debug("%s: the cuda implementation does not apply (%s); using the registry's order",
+                      node.describe(), reason)
+    return chosen
+
+
+#: helper blocks (``daceml.onnx.ops.common.add_helper_code``) of the CPU file's global code
+#: that are valid device code once their functions are marked ``__host__ __device__``
+DEVICE_SAFE_HELPERS = ("HALF", "CONVERT", "ELEMENTWISE")
+_HELPER_BLOCK = re.compile(r"#ifndef (DACEML_HELPER_(\w+))\n.*?#endif  // \1\n", re.S)
+
+
+def _device_helper(block: str) -> str:
+    lines = []
+    for line in block.splitlines():
+        if "static inline" in line and "__device__" not in line:
+            line = line.replace("static inline", "static inline __host__ __device__", 1)
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def share_host_helpers(sdfg: dace.SDFG) -> int:
+    """Copies the device-safe helper blocks of every (nested) SDFG's CPU global code into its
+    CUDA global code, functions marked ``__host__ __device__``. Returns the number copied."""
+    copied = 0
+    for sd in sdfg.all_sdfgs_recursive():
+        frame = sd.global_code.get("frame")
+        if frame is None:
+            continue
+        for match in _HELPER_BLOCK.finditer(frame.as_string):
+            if match.group(2) not in DEVICE_SAFE_HELPERS:
+                continue
+            existing = sd.global_code.get("cuda")
+            if existing is not None and match.group(1) in existing.as_string:
+                continue
+            sd.append_global_code(_device_helper(match.group(0)), "cuda")
+            copied += 1
+    return copied
+
+
+def flatten_array_maps(sdfg: dace.SDFG) -> int:
+    """Rewrites each multi-dimensional top-level map (nested SDFGs included) around one C++
+    tasklet whose memlets do not depend on the map's parameters (a kernel indexing whole
+    arrays itself) and that has no GPU block size of its own into a one-dimensional map over the flat index; the tasklet recovers the
+    old parameters. Returns the number of maps rewritten."""
+    count = 0
+    for sd in sdfg.all_sdfgs_recursive():
+        for state in sd.states():
+            for entry in [n for n in state.nodes() if isinstance(n, sdnodes.MapEntry)]:
+                if state.entry_node(entry) is None and _flatten(state, entry):
+                    count += 1
+    return count
+
+
+def _flatten(state: dace.SDFGState, entry: sdnodes.MapEntry) -> bool:
+    from daceml.onnx.ops.common import cpp
+    m = entry.map
+    params = list(m.params)
+    if len(params) < 2 or m.gpu_block_size is not None or any(not c.startswith("IN_") for c in entry.in_connectors):
+        return False
+    inner = [n for n in state.scope_subgraph(entry).nodes() if n is not entry and n is not state.exit_node(entry)]
+    if len(inner) != 1 or not isinstance(inner[0], sdnodes.Tasklet) or \
+            inner[0].code.language != dace.Language.CPP:
+        return False
+    tasklet = inner[0]
+    sizes = []
+    for begin, end, step in m.range:
+        free = {str(s) for s in getattr(end, "free_symbols", set())}
+        if begin != 0 or step != 1 or free & set(params):
+            return False
+        sizes.append(end + 1)
+    for edge in list(state.in_edges(tasklet)) + list(state.out_edges(tasklet)):
+        if edge.data.is_empty():
+            continue
+        if {str(s) for s in edge.data.subset.free_symbols} & set(params):
+            return False
+    flat = "__flat_" + "_".join(p.strip("_") for p in params)
+    total = 1
+    for s in sizes:
+        total = total * s
+    lines = [f"int64_t {flat}_r = {flat};"]
+    for d in reversed(range(len(params))):
+        if d == 0:
+            lines.append(f"const int64_t {params[d]} = {flat}_r;")
+        else:
+            lines.append(f"const int64_t {params[d]} = {flat}_r % {cpp(sizes[d])}; {flat}_r /= {cpp(sizes[d])};")
+    m.params = [flat]
+    m.range = subsets.Range([(0, total - 1, 1)])
+    m.collapse = 1
+    tasklet.code = dace.properties.CodeBlock("\n".join(lines) + "\n" + tasklet.code.as_string, dace.Language.CPP)
+    return True
+
+
 def to_gpu(sdfg: dace.SDFG) -> dace.SDFG:
-    """A copy of ``sdfg`` with its library nodes expanded and its computation on the GPU."""
+    """A copy of ``sdfg`` with its library nodes expanded (``cuda`` implementations where they
+    apply) and its computation on the GPU; its arguments live in GPU global memory."""
     gpu = copy.deepcopy(sdfg)
     gpu.name = sdfg.name + "_cuda"
+    chosen = choose_cuda_implementations(gpu)
+    log.info("cuda implementations: %s", ", ".join(f"{op} x{n}" for op, n in sorted(chosen.items())) or "none")
     gpu.expand_library_nodes(recursive=True)
+    host_only = host_only_code(gpu)
+    if host_only:
+        raise HostCodeOnDeviceError(f"program {sdfg.name!r} cannot run on the GPU: {len(host_only)} part(s) are "
+                                    f"host-only C++:\n" + "\n".join(f"  - {h}" for h in host_only))
+    share_host_helpers(gpu)
+    flatten_array_maps(gpu)
+    for desc in gpu.arrays.values():
+        if not desc.transient and isinstance(desc, dace.data.Array):
+            desc.storage = dace.StorageType.GPU_Global
     gpu.apply_gpu_transformations()
     for desc in gpu.arrays.values():
         if not desc.transient:
             desc.storage = dace.StorageType.GPU_Global
+    check_device_code(gpu)
     return gpu
+
+
+#: C++ in a tasklet that cannot be device code
+_HOST_ONLY_PATTERNS = {
+    "GCC vector extensions": re.compile(r"vector_size\s*\("),
+    "std::vector": re.compile(r"\bstd::vector\b"),
+    "OpenMP threads": re.compile(r"#\s*pragma\s+omp\s+parallel|\bomp_get_"),
+    "BLAS": re.compile(r"\bcblas_\w+"),
+}
+
+
+def host_only_code(sdfg: dace.SDFG) -> List[str]:
+    """What in ``sdfg`` (expanded; nested SDFGs included) is host-only C++: helper blocks of
+    the CPU file that are not device-safe (:data:`DEVICE_SAFE_HELPERS`) and tasklets that use
+    GCC vector extensions, std::vector, OpenMP threads or BLAS. One line per finding."""
+    found = []
+    for sd in sdfg.all_sdfgs_recursive():
+        frame = sd.global_code.get("frame")
+        if frame is not None:
+            for match in _HELPER_BLOCK.finditer(frame.as_string):
+                if match.group(2) not in DEVICE_SAFE_HELPERS:
+                    found.append(f"{sd.name}: uses the host-only helper code {match.group(2).lower()!r}")
+        for state in sd.states():
+            for node in state.nodes():
+                if isinstance(node, sdnodes.Tasklet) and node.code.language == dace.Language.CPP:
+                    text = node.code.as_string + (node.code_global.as_string if node.code_global else "")
+                    what = [name for name, pattern in _HOST_ONLY_PATTERNS.items() if pattern.search(text)]
+                    if what:
+                        found.append(f"tasklet {node.label} (in {sd.name}) uses {', '.join(what)}")
+    return sorted(set(found))
+
+
+def host_tasklets_on_device_data(sdfg: dace.SDFG) -> List[str]:
+    """Labels of the tasklets outside GPU kernels that access GPU global memory."""
+    from dace.sdfg.scope import is_devicelevel_gpu
+    gpu_storage = (dace.StorageType.GPU_Global, dace.StorageType.GPU_Shared)
+    bad = []
+    for sd in sdfg.all_sdfgs_recursive():
+        for state in sd.states():
+            for node in state.nodes():
+                if not isinstance(node, sdnodes.Tasklet) or is_devicelevel_gpu(sd, state, node):
+                    continue
+                for edge in list(state.in_edges(node)) + list(state.out_edges(node)):
+                    if edge.data.data is not None and sd.arrays[edge.data.data].storage in gpu_storage:
+                        bad.append(f"{node.label} (in {sd.name})")
+                        break
+    return bad
+
+
+def check_device_code(sdfg: dace.SDFG) -> None:
+    """Raises :class:`HostCodeOnDeviceError` if host tasklets of ``sdfg`` access GPU memory."""
+    bad = host_tasklets_on_device_data(sdfg)
+    if bad:
+        raise HostCodeOnDeviceError(
+            f"program {sdfg.name!r}: {len(bad)} tasklet(s) would run on the host over GPU memory (their ops' "
+            f"implementations are host-only and have no 'cuda' implementation that applies): {'; '.join(bad)}")
 
 
 def compile_for_cuda(sdfg: dace.SDFG, cuda_arch: Optional[str] = None, already_on_gpu: bool = False):

@@ -3,16 +3,25 @@
 One model of many nodes per test, so that one compile checks many ops and variants;
 outputs of ops onnxruntime lacks for a dtype are checked against numpy.
 """
+import dace
 import numpy as np
 import onnx
 import pytest
 from onnx import helper
 
+from daceml import config
 from daceml.errors import UnsupportedOpsError
 from daceml.onnx import ONNXModel
 from daceml.testing.onnx_compare import make_model, run_onnxruntime
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
+
+
+@pytest.fixture(autouse=True)
+def _pure_only():
+    """Every node through its pure implementation: no onnxruntime fallback."""
+    with config.patch(allow_onnxruntime_fallback=False):
+        yield
 
 REDUCE_OPS = ("ReduceSum ReduceMean ReduceMax ReduceMin ReduceProd ReduceL1 ReduceL2 ReduceLogSum "
               "ReduceLogSumExp ReduceSumSquare").split()
@@ -216,30 +225,96 @@ def test_symbolic_dims():
     np.testing.assert_array_equal(argmax, np.zeros((1, 3), np.int64))
 
 
-def _model_with_runtime_input(op, second_input, output_shape, **attrs):
-    """``op`` reading a second input that is a graph input, not a constant; the output is
-    declared (shape inference cannot know it)."""
+def test_runtime_axes():
+    """Axes (and CumSum's / CumProd's axis) given as graph inputs, read at run time, with the
+    outputs declared: keepdims=1 (the shapes settle the axes), keepdims=0 where the shapes do
+    not (the run-time kernel), an empty axes input (known to be empty), integer and float16."""
+    f, f16, i32 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.INT32
+    rng = np.random.default_rng(5)
+    inputs = {"x": rng.standard_normal((2, 3, 4)).astype(np.float32),
+              "c": rng.uniform(0.5, 2, (3, 3, 2)).astype(np.float32),
+              "ci": rng.integers(-9, 9, (3, 3, 2)).astype(np.int32),
+              "h": rng.standard_normal((3, 3, 2)).astype(np.float16),
+              "a1": np.array([1], np.int64), "a02": np.array([0, -1], np.int64),
+              "none": np.zeros((0, ), np.int64), "ax": np.array(-2, np.int64), "ax32": np.array(0, np.int32)}
+    nodes, declared = [], {}
+
+    def add(op, ins, shape=None, elem=f, **attrs):
+        name = f"{op}_{len(nodes)}"
+        nodes.append(helper.make_node(op, ins, [name], name=name, **attrs))
+        declared[name] = (elem, shape)
+
+    add("ReduceSum", ["x", "a1"], [2, 1, 4])
+    add("ReduceMean", ["x", "a1"], [2, 4], keepdims=0)
+    add("ReduceSumSquare", ["c", "a02"], [1, 3, 1])
+    add("ReduceMax", ["c", "a1"], [3, 2], keepdims=0)
+    add("ReduceLogSumExp", ["c", "a02"], [3], keepdims=0)
+    add("ReduceL2", ["c", "a1"], [3, 2], keepdims=0)
+    add("ReduceProd", ["c", "a02"], [3], keepdims=0)
+    add("ReduceMean", ["c", "a1"], [3, 2], keepdims=0)
+    add("ReduceMin", ["ci", "a1"], [3, 2], i32, keepdims=0)
+    add("ReduceSum", ["ci", "a02"], [3], i32, keepdims=0)
+    add("ReduceMax", ["h", "a1"], [3, 2], f16, keepdims=0)
+    add("ReduceSum", ["x", "none"], [2, 3, 4], noop_with_empty_axes=1)
+    add("ReduceSum", ["x", "none"], [1, 1, 1])
+    add("CumSum", ["x", "ax"], [2, 3, 4])
+    add("CumSum", ["ci", "ax32"], [3, 3, 2], i32, reverse=1, exclusive=1)
+    add("CumProd", ["c", "ax"], [3, 3, 2], reverse=1)
+    add("CumProd", ["c", "ax32"], [3, 3, 2], exclusive=1)
+    graph = helper.make_graph(
+        nodes, "runtime_axes",
+        [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), list(v.shape))
+         for k, v in inputs.items()],
+        [helper.make_tensor_value_info(k, *v) for k, v in declared.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 26)])
+    model.ir_version = 10
+    model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    got = ONNXModel(model)(**inputs)
+    failures = []
+    for name, g, e in zip(declared, got, run_onnxruntime(model, inputs)):
+        try:
+            assert np.asarray(g).shape == e.shape and np.asarray(g).dtype == e.dtype, (np.asarray(g).shape, e.shape)
+            np.testing.assert_allclose(np.asarray(g, np.float64), e.astype(np.float64), rtol=2e-3 if
+                                       e.dtype == np.float16 else 1e-5, atol=1e-6)
+        except AssertionError as ex:
+            failures.append(f"{name}: {ex}")
+    assert not failures, "\n".join(failures)
+
+
+def test_runtime_axes_with_unknown_output_size_is_refused():
+    """Run-time axes and an output whose dims the model names but no input defines: refused at
+    import, naming the node and the output."""
     f = onnx.TensorProto.FLOAT
-    node = helper.make_node(op, ["x", second_input], ["out"], name=f"my_{op.lower()}", **attrs)
+    node = helper.make_node("ReduceSum", ["x", "axes"], ["out"], name="my_sum", keepdims=0)
     graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", f, [2, 3]),
-                                            helper.make_tensor_value_info(second_input, onnx.TensorProto.INT64, [1])],
-                              [helper.make_tensor_value_info("out", f, output_shape)])
+                                            helper.make_tensor_value_info("axes", onnx.TensorProto.INT64, [1])],
+                              [helper.make_tensor_value_info("out", f, ["m"])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 10
-    return model
-
-
-@pytest.mark.parametrize("op, second, shape", [("ReduceSum", "axes", [2, 1]), ("ReduceL2", "axes", [2, 1]),
-                                               ("CumSum", "axis", [2, 3])])
-def test_non_constant_axes_is_refused(op, second, shape):
     with pytest.raises(UnsupportedOpsError) as info:
-        ONNXModel(_model_with_runtime_input(op, second, shape))
+        ONNXModel(model)
     message = str(info.value)
-    assert f"my_{op.lower()}" in message and f"'{second}' input is not a constant" in message
+    assert "my_sum" in message and "size of output 'reduced'" in message
+
+
+def test_axes_from_shapes():
+    """Which reduced axes the input and output shapes settle (None: known only at run time)."""
+    from daceml.onnx.ops.reduction import _axes_from_shapes
+    n = dace.symbol("n")
+    assert _axes_from_shapes((2, 3, 4), (2, 1, 4), True) == [1]
+    assert _axes_from_shapes((2, 1, 4), (2, 1, 1), True) == [2]
+    assert _axes_from_shapes((n, 3), (1, 3), True) == [0]
+    assert _axes_from_shapes((n, 3), (n, 3), True) == []
+    assert _axes_from_shapes((2, 3), (2, 5), True) is None
+    assert _axes_from_shapes((2, 3, 4), (2, 4), False) == [1]
+    assert _axes_from_shapes((3, 3, 2), (3, 2), False) is None  # axis 0 or 1
+    assert _axes_from_shapes((2, 1, 1), (2, 1), False) in ([1], [2])  # size-1 axes: either
+    assert _axes_from_shapes((3, 4), (1, ), False) == [0, 1]  # a rank-0 output
+    assert _axes_from_shapes((3, 1), (1, ), False) in ([0], [0, 1])
 
 
 def test_every_documented_op_is_registered():
     from daceml.onnx.ops import reduction, registry
-    ops = REDUCE_OPS + ["ArgMax", "ArgMin", "CumSum"]
+    ops = REDUCE_OPS + ["ArgMax", "ArgMin", "CumSum", "CumProd"]
     assert all(op in reduction.__doc__ for op in ops)
     assert [op for op in ops if "pure" not in registry.implementations(op)] == []

@@ -18,7 +18,10 @@ may register implementations at any time. The order tried is:
 1. the node's own choice (``node.implementation = "blas"``),
 2. the op's preference list (:func:`prefer`),
 3. the global list ``daceml.config.settings.default_implementations``,
-4. every other registered implementation of the op, in registration order.
+4. every other registered implementation of the op, in registration order,
+
+where fallbacks (the onnxruntime implementation) come after every other implementation
+unless the node or the op's preferences name them.
 
 The first that applies wins. If that is not the first candidate, the fallback
 is logged (warning) with every reason, and recorded in :data:`FALLBACKS`.
@@ -49,6 +52,14 @@ OP_MODULES = (
     "daceml.onnx.ops.shape",
     "daceml.onnx.ops.conv_pool",
     "daceml.onnx.ops.normalization",
+    "daceml.onnx.ops.recurrent",
+    "daceml.onnx.ops.attention",
+    "daceml.onnx.ops.loss",
+    "daceml.onnx.ops.image",
+    "daceml.onnx.ops.cast",
+    "daceml.onnx.ops.misc",
+    "daceml.onnx.ops.gpu",
+    "daceml.onnx.ops.onnxruntime_fallback",
 )
 
 
@@ -168,13 +179,17 @@ def prefer(op: str, names: Optional[List[str]]) -> None:
 
 
 def candidate_order(op: str, node_choice: Optional[str] = None) -> List[str]:
-    """Implementation names of ``op`` in the order they are tried."""
+    """Implementation names of ``op`` in the order they are tried: the node's choice and the
+    op's preferences as given, then the global list and the other registered implementations,
+    fallbacks (onnxruntime) last."""
     impls = implementations(op)
     order: List[str] = []
-    for name in ([node_choice] if node_choice else []) + _PREFERENCES.get(op, []) + \
-            list(config.settings.default_implementations) + list(impls):
-        if name and name in impls and name not in order:
+    for name in ([node_choice] if node_choice else []) + _PREFERENCES.get(op, []):
+        if name in impls and name not in order:
             order.append(name)
+    rest = [n for n in list(config.settings.default_implementations) + list(impls) if n in impls and n not in order]
+    rest = list(dict.fromkeys(rest))
+    order += [n for n in rest if not impls[n].is_fallback] + [n for n in rest if impls[n].is_fallback]
     if not config.settings.allow_onnxruntime_fallback:
         order = [n for n in order if not impls[n].is_fallback]
     return order
