@@ -9,6 +9,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 
+@pytest.fixture(autouse=True)
+def pure_implementations_only(request):
+    """Tests check daceml's own implementations: the onnxruntime fallback is off unless a test
+    asks for it (``@pytest.mark.onnxruntime_fallback``)."""
+    from daceml import config
+    allowed = request.node.get_closest_marker("onnxruntime_fallback") is not None
+    with config.patch(allow_onnxruntime_fallback=allowed):
+        yield
+
+
 @pytest.fixture
 def private_cache(tmp_path):
     """A build cache of this test alone (for tests about the cache itself)."""

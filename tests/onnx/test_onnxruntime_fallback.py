@@ -8,6 +8,8 @@ from daceml.onnx import ONNXModel
 from daceml.onnx.ops import registry
 from daceml.testing.onnx_compare import make_model, run_onnxruntime
 
+pytestmark = pytest.mark.onnxruntime_fallback
+
 
 OPS = ("Relu", "Softmax", "Mul", "TopK")
 

@@ -42,28 +42,8 @@ from daceml.onnx.ops.shape import PureScatterElements, expansion_sdfg, offset
 _STD = "#include <vector>\n#include <algorithm>\n#include <cmath>\n#include <cstdint>\n#include <cstring>\n#include <limits>"
 
 #: ``daceml_round_half(float) -> float``: the float16 value nearest to a float (ties to even),
-#: as numpy's float16 arithmetic rounds each result; subnormals included
-_ROUND_HALF = r"""
-static inline float daceml_round_half(float f) {
-    const uint16_t h = daceml_f2h(f).h;
-    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu;
-    uint32_t mant = h & 0x3ffu, bits;
-    if (exp == 0x1f) {
-        bits = sign | 0x7f800000u | (mant << 13);
-    } else if (exp != 0) {
-        bits = sign | ((exp + 112u) << 23) | (mant << 13);
-    } else if (mant == 0) {
-        bits = sign;
-    } else {
-        uint32_t e = 113;
-        while ((mant & 0x400u) == 0) { mant <<= 1; --e; }
-        bits = sign | (e << 23) | ((mant & 0x3ffu) << 13);
-    }
-    float r;
-    std::memcpy(&r, &bits, sizeof r);
-    return r;
-}
-"""
+#: as numpy's float16 arithmetic rounds each result
+_ROUND_HALF = "static inline float daceml_round_half(float f) { return daceml_h2f(daceml_f2h(f)); }"
 
 
 # --- helpers -------------------------------------------------------------------------------------
