@@ -203,8 +203,9 @@ def share_host_helpers(sdfg: dace.SDFG) -> int:
 def flatten_array_maps(sdfg: dace.SDFG) -> int:
     """Rewrites each multi-dimensional top-level map (nested SDFGs included) around one C++
     tasklet whose memlets do not depend on the map's parameters (a kernel indexing whole
-    arrays itself) and that has no GPU block size of its own into a one-dimensional map over the flat index; the tasklet recovers the
-    old parameters. Returns the number of maps rewritten."""
+    arrays itself) and that has no GPU block size of its own into a one-dimensional map over
+    the flat index; the tasklet recovers the old parameters. Returns the number of maps
+    rewritten."""
     count = 0
     for sd in sdfg.all_sdfgs_recursive():
         for state in sd.states():
@@ -263,8 +264,10 @@ def to_gpu(sdfg: dace.SDFG) -> dace.SDFG:
     gpu.expand_library_nodes(recursive=True)
     host_only = host_only_code(gpu)
     if host_only:
-        raise HostCodeOnDeviceError(f"program {sdfg.name!r} cannot run on the GPU: {len(host_only)} part(s) are "
-                                    f"host-only C++:\n" + "\n".join(f"  - {h}" for h in host_only))
+        raise HostCodeOnDeviceError(
+            f"program {sdfg.name!r} cannot run on the GPU: {len(host_only)} part(s) are host-only C++ (ops without "
+            "a 'cuda' implementation that applies, or library nodes expanded for the CPU before to_gpu):\n"
+            + "\n".join(f"  - {h}" for h in host_only))
     share_host_helpers(gpu)
     flatten_array_maps(gpu)
     for desc in gpu.arrays.values():

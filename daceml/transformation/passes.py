@@ -227,12 +227,15 @@ class ChooseImplementations(Pass):
         from daceml.onnx.ops import registry
         chosen = 0
         prefs = FAST_IMPLEMENTATIONS.get(self.device, {})
+        if self.device == "cuda":  # device code wherever a CUDA implementation applies
+            prefs = {op: ["cuda"] + names for op, names in prefs.items()} or {}
         picks: Dict[str, int] = {}
         for node, state in _onnx_nodes(sdfg):
             if node.implementation:
                 continue
             impls = registry.implementations(node.schema.name)
-            for name in prefs.get(node.schema.name, []):
+            wanted = prefs.get(node.schema.name, ["cuda"] if self.device == "cuda" else [])
+            for name in wanted:
                 if name in impls and registry._reason(impls[name], node, state, sdfg) is None:
                     node.implementation = name
                     chosen += 1

@@ -3,7 +3,7 @@
 Ops: MatMul Gemm, Conv ConvTranspose, MaxPool AveragePool LpPool, GlobalAveragePool
 GlobalMaxPool, BatchNormalization (inference), LayerNormalization, Softmax LogSoftmax,
 ReduceSum ReduceMean ReduceMax ReduceMin ReduceProd ReduceL1 ReduceL2 ReduceSumSquare
-ReduceLogSum ReduceLogSumExp.
+ReduceLogSum ReduceLogSumExp, LSTM.
 
 The CPU implementations of these ops are host code (GCC vector extensions, helper
 namespaces in the CPU file, OpenMP); :func:`daceml.targets.cuda.to_gpu` picks these
@@ -26,10 +26,15 @@ Two shapes of kernel:
   deviations, write), the global pools and the Reduce ops (any constant set of axes).
   On the CPU (no ``__CUDA_ARCH__``) lane 0 does the whole row.
 
+LSTM is one thread block: threads own hidden units, the states live in shared memory, one
+barrier per time step (up to :data:`LSTM_MAX_STATE` state elements).
+
 Element types: float32 and float64 (float16 is refused; the Reduce ops also take int32 and
 int64 where the result needs no floating point). Ops not listed here either compile for
-CUDA with their ``pure`` implementation (elementwise ops, Reshape and the other shape ops)
-or are not supported on the GPU yet (LSTM, GRU, RNN, attention, Einsum).
+CUDA with their ``pure`` implementation (elementwise ops, Reshape, Transpose, Concat,
+Split, Slice, Gather, Expand, Where, Cast, Clip: plain loops, whose helper functions
+:func:`daceml.targets.cuda.to_gpu` makes device functions) or are not supported on the GPU
+yet (GRU, RNN, attention, Einsum, MatMulInteger: host-only C++, refused by ``to_gpu``).
 """
 import math
 from typing import Dict, List, Optional, Sequence
@@ -240,7 +245,7 @@ def _product_code(descs, a: str, b: str, y: str, *, trans_a=False, trans_b=False
     a_bst = [0] * (rank - (len(a_shape) - 2)) + list(da.strides[:-2]) if not a_vec else [0] * rank
     b_bst = [0] * (rank - (len(b_shape) - 2)) + list(db.strides[:-2]) if not b_vec else [0] * rank
     out_batch = [bb if is_one(ab) else ab for ab, bb in zip(a_batch, b_batch)]
-    lines = [f"int64_t __r = __t;",
+    lines = ["int64_t __r = __t;",
              f"const int64_t __j = __r % {cpp(N)}; __r /= {cpp(N)};",
              f"const int64_t __i = __r % {cpp(M)}; __r /= {cpp(M)};",
              "int64_t __oa = 0, __ob = 0;"]
@@ -937,7 +942,7 @@ class CudaLSTM(_CudaBase):
                  f"for (int64_t __it = __tid; __it < {items}; __it += __nt) {{",
                  f"const int64_t __d = __it / ({cpp(NB)} * {cpp(H)}), __b = (__it / {cpp(H)}) % {cpp(NB)}, "
                  f"__j = __it % {cpp(H)};",
-                 "const int64_t __len = " + (f"(int64_t)__sequence_lens[__b];" if "sequence_lens" in ins
+                 "const int64_t __len = " + ("(int64_t)__sequence_lens[__b];" if "sequence_lens" in ins
                                              else f"{cpp(S)};")]
         y_at = None
         if "Y" in outs:

@@ -1,0 +1,95 @@
+"""Zoo models through the CUDA path on a GPU, against eager PyTorch (fp32 rtol/atol 1e-4).
+
+Marked ``gpu`` (deselected by default) and skipped on machines without an NVIDIA GPU:
+calling CUDA code there would crash the process. The programs take device pointers: the
+arguments are torch CUDA tensors.
+"""
+import copy
+from typing import Dict
+
+import numpy as np
+import pytest
+import torch
+
+import dace
+
+from daceml.onnx import ONNXModel
+from daceml.targets import cuda
+from daceml.testing import zoo
+from daceml.torch.module import _export
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(cuda.gpu_count() == 0 or not torch.cuda.is_available(),
+                       reason="needs an NVIDIA GPU (running CUDA code without one crashes the process)"),
+]
+
+TOL = dict(rtol=1e-4, atol=1e-4)
+DEVICE = "cuda"
+
+
+def _compile(sdfg):
+    return cuda.compile_for_cuda(sdfg)
+
+
+def _sync() -> None:
+    torch.cuda.synchronize()
+
+
+def _on_device(arrays: Dict[str, object]) -> Dict[str, torch.Tensor]:
+    out = {}
+    for name, value in arrays.items():
+        if isinstance(value, np.ndarray):
+            value = torch.from_numpy(np.ascontiguousarray(value))
+        out[name] = value.to(DEVICE).contiguous()
+    return out
+
+
+def _run(program, arrays: Dict[str, torch.Tensor], symbols: Dict[str, int]) -> None:
+    _sync()  # the program's streams do not wait for torch's
+    program(**{n: arrays[n] for n in program.argnames if n in arrays},
+            **{n: v for n, v in symbols.items() if n in program.symbol_names})
+    _sync()
+
+
+@pytest.mark.parametrize("name", list(zoo.ZOO))
+def test_zoo_forward_on_gpu_matches_eager(name):
+    module, inputs = zoo.make(name)
+    module.eval()
+    model = ONNXModel(_export(module, inputs, False, 20), name=f"{name}_gpu")
+    program = _compile(model.sdfg)
+    arrays, symbols, _ = model.arguments([t.numpy() for t in inputs], torch_outputs=True)
+    arrays = _on_device(arrays)
+    _run(program, arrays, symbols)
+    with torch.no_grad():
+        expected = module(*inputs)
+    got = arrays[model.output_array(model.outputs[0])].cpu().reshape(expected.shape)
+    torch.testing.assert_close(got, expected, **TOL)
+
+
+@pytest.mark.parametrize("name", ["mlp", "gpt2_block"])
+def test_zoo_gradients_on_gpu_match_eager(name):
+    from daceml.autodiff import add_backward_pass
+    module, inputs = zoo.make(name)
+    module.eval()
+    model = ONNXModel(_export(module, inputs, False, 20), name=f"{name}_gpu_grad")
+    sdfg = copy.deepcopy(model.sdfg)
+    sdfg.name = model.sdfg.name + "_fwdbwd"
+    x_arr = model._array(model.inputs[0])
+    out_arr = model.output_array(model.outputs[0])
+    result = add_backward_pass(sdfg, [x_arr], [out_arr], separate=False)
+    program = _compile(sdfg)
+    arrays, symbols, _ = model.arguments([t.numpy() for t in inputs], torch_outputs=True)
+    for arr in list(result.stored) + [result.given_gradients[out_arr], result.required_gradients[x_arr]]:
+        desc = sdfg.arrays[arr]
+        arrays[arr] = torch.empty([int(s) for s in desc.shape], dtype=getattr(torch, desc.dtype.to_string()))
+    seed = torch.randn(arrays[result.given_gradients[out_arr]].shape, generator=torch.Generator().manual_seed(0))
+    arrays[result.given_gradients[out_arr]] = seed
+    arrays = _on_device(arrays)
+    _run(program, arrays, symbols)
+    x = inputs[0].clone().requires_grad_(True)
+    expected = module(x, *inputs[1:])
+    expected.backward(seed)
+    torch.testing.assert_close(arrays[out_arr].cpu().reshape(expected.shape), expected.detach(), **TOL)
+    torch.testing.assert_close(arrays[result.required_gradients[x_arr]].cpu().reshape(x.shape), x.grad, **TOL)
+    assert sdfg.arrays[x_arr].dtype == dace.float32
