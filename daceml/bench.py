@@ -282,7 +282,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         try:
             rows.append(run_workload(w, args.rounds, args.threads))
             r = rows[-1]
-            print(f"  " + ", ".join(f"{k} {v:.2f} ms" for k, v in r["median_ms"].items()) +
+            print("  " + ", ".join(f"{k} {v:.2f} ms" for k, v in r["median_ms"].items()) +
                   f"; x eager {r['speedup_vs_eager']:.2f}", flush=True)
         except Exception as ex:
             print(f"  failed: {type(ex).__name__}: {str(ex)[:300]}", flush=True)

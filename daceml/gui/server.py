@@ -183,6 +183,14 @@ def _make_handler(gui: GuiServer):
             except ValueError:
                 raise GuiError("bad Content-Length") from None
             if n > MAX_BODY:
+                # read what the client sends (up to a bound) so that it sees the 413, not a reset
+                left = min(n, 16 * MAX_BODY)
+                while left > 0:
+                    chunk = self.rfile.read(min(left, 1 << 16))
+                    if not chunk:
+                        break
+                    left -= len(chunk)
+                self.close_connection = True
                 raise GuiError(f"request body too large ({n} bytes; at most {MAX_BODY})", 413)
             raw = self.rfile.read(n) if n else b""
             if not raw:

@@ -345,8 +345,9 @@ class ReuseTransients(Pass):
         return n
 
 
-PASSES = {c.__name__: c for c in (RemoveIdentities, FoldShapeInputs, RemoveDeadNodes, MatMulAddToGemm, ChooseImplementations, ExpandLibraryNodes,
-                                  InlineAndSimplify, FuseMaps, PersistentTransients, ReuseTransients)}
+PASSES = {c.__name__: c for c in (RemoveIdentities, FoldShapeInputs, RemoveDeadNodes, MatMulAddToGemm,
+                                  ChooseImplementations, ExpandLibraryNodes, InlineAndSimplify, FuseMaps,
+                                  PersistentTransients, ReuseTransients)}
 
 
 def level_passes(level: int, device: str = "cpu") -> List[Pass]:

@@ -17,7 +17,7 @@ def test_every_schema_version_has_a_node_class():
     classes = nodes.all_node_classes()
     assert len(classes) == len(schemas) > 600
     for s, cls in zip(schemas, classes):
-        assert cls.schema is s
+        assert cls.schema == s
         assert cls.__name__ == f"ONNX{s.name}_{s.since_version}"
         assert s.name in cls.__doc__
         props = {p.attr_name for p in cls.__properties__.values()}

@@ -113,6 +113,8 @@ class Fallback:
 
 
 _REGISTRY: Dict[str, Dict[str, Type[Implementation]]] = {}
+#: implementation names for other devices, never chosen implicitly for the CPU
+DEVICE_IMPLEMENTATIONS = frozenset({"cuda"})
 _PREFERENCES: Dict[str, List[str]] = {}
 #: every fallback taken in this process, in order
 FALLBACKS: List[Fallback] = []
@@ -187,7 +189,9 @@ def candidate_order(op: str, node_choice: Optional[str] = None) -> List[str]:
     for name in ([node_choice] if node_choice else []) + _PREFERENCES.get(op, []):
         if name in impls and name not in order:
             order.append(name)
-    rest = [n for n in list(config.settings.default_implementations) + list(impls) if n in impls and n not in order]
+    # device implementations ("cuda") only where the node or the op's preferences ask for them
+    rest = [n for n in list(config.settings.default_implementations) + list(impls)
+            if n in impls and n not in order and n not in DEVICE_IMPLEMENTATIONS]
     rest = list(dict.fromkeys(rest))
     order += [n for n in rest if not impls[n].is_fallback] + [n for n in rest if impls[n].is_fallback]
     if not config.settings.allow_onnxruntime_fallback:
