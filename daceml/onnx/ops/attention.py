@@ -28,7 +28,7 @@ from dace import data as dt
 from daceml.errors import InvalidNodeError
 from daceml.onnx.ops.common import (add_cpp_array_kernel, cpp, is_one, nested_sdfg, normalize_axis,
                                     pointer_connectors, use_half_helpers)
-from daceml.onnx.ops.registry import Implementation, op_implementation
+from daceml.onnx.ops.registry import CheckedImplementation, Rejected, op_implementation
 
 _FLOATS = (dace.float16, dace.float32, dace.float64)
 _INF = "std::numeric_limits<{T}>::infinity()"
@@ -36,31 +36,10 @@ _INF = "std::numeric_limits<{T}>::infinity()"
 _STACK_LIMIT = 8192
 
 
-class _Reject(Exception):
-    """Raised by the checks; why_not turns it into its reason."""
+_Reject = Rejected  # raised by the checks; why_not turns it into its reason
 
 
-class _PureBase(Implementation):
-    """why_not from a ``check`` that raises _Reject; expansion re-raises it naming the node."""
-
-    @classmethod
-    def check(cls, node, state, sdfg):
-        raise NotImplementedError
-
-    @classmethod
-    def checked(cls, node, state, sdfg):
-        try:
-            return cls.check(node, state, sdfg)
-        except _Reject as ex:
-            raise InvalidNodeError(f"{node.describe()}: {ex}") from None
-
-    @classmethod
-    def why_not(cls, node, state, sdfg):
-        try:
-            cls.check(node, state, sdfg)
-        except _Reject as ex:
-            return str(ex)
-        return None
+_PureBase = CheckedImplementation
 
 
 # --- helpers ---------------------------------------------------------------------------------------

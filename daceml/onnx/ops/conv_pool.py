@@ -27,16 +27,14 @@ from typing import List, Optional, Sequence
 
 import dace
 
-from daceml.errors import InvalidNodeError
 from daceml.onnx.ops.common import add_cpp_map, cpp, nested_sdfg
-from daceml.onnx.ops.registry import Implementation, op_implementation
+from daceml.onnx.ops.registry import CheckedImplementation, Rejected, op_implementation
 
 _FLOATS = (dace.float32, dace.float64)
 _MAX_TYPES = (dace.float32, dace.float64, dace.int8, dace.uint8)
 
 
-class _Reject(Exception):
-    """Raised by the geometry checks; why_not turns it into its reason."""
+_Reject = Rejected  # raised by the checks; why_not turns it into its reason
 
 
 def _static(sizes: Sequence, what: str) -> List[int]:
@@ -160,27 +158,7 @@ def _subset(params: Sequence[str], rest: Sequence) -> str:
     return ", ".join(list(params) + [f"0:{cpp(s)}" for s in rest])
 
 
-class _PureBase(Implementation):
-    """why_not from a ``check`` that raises _Reject; expansion re-raises it naming the node."""
-
-    @classmethod
-    def check(cls, node, state, sdfg):
-        raise NotImplementedError
-
-    @classmethod
-    def checked(cls, node, state, sdfg):
-        try:
-            return cls.check(node, state, sdfg)
-        except _Reject as ex:
-            raise InvalidNodeError(f"{node.describe()}: {ex}") from None
-
-    @classmethod
-    def why_not(cls, node, state, sdfg):
-        try:
-            cls.check(node, state, sdfg)
-        except _Reject as ex:
-            return str(ex)
-        return None
+_PureBase = CheckedImplementation
 
 
 # --- Conv ------------------------------------------------------------------------------------------

@@ -35,9 +35,8 @@ from typing import List, Optional, Sequence
 
 import dace
 
-from daceml.errors import InvalidNodeError
 from daceml.onnx.ops.common import add_cpp_array_kernel, add_helper_code, cpp
-from daceml.onnx.ops.registry import Implementation, op_implementation
+from daceml.onnx.ops.registry import CheckedImplementation, Rejected, op_implementation
 from daceml.onnx.ops.shape import expansion_sdfg, offset, output_kernel, single_kernel
 
 _FLOATS = (dace.float32, dace.float64)
@@ -45,31 +44,10 @@ _INTS = (dace.int8, dace.uint8, dace.int16, dace.uint16, dace.int32, dace.uint32
 _INDEX = (dace.int32, dace.int64)
 
 
-class _Reject(Exception):
-    """Raised by the checks; why_not turns it into its reason."""
+_Reject = Rejected  # raised by the checks; why_not turns it into its reason
 
 
-class _PureBase(Implementation):
-    """why_not from a ``check`` that raises _Reject; expansion re-raises it naming the node."""
-
-    @classmethod
-    def check(cls, node, state, sdfg):
-        raise NotImplementedError
-
-    @classmethod
-    def checked(cls, node, state, sdfg):
-        try:
-            return cls.check(node, state, sdfg)
-        except _Reject as ex:
-            raise InvalidNodeError(f"{node.describe()}: {ex}") from None
-
-    @classmethod
-    def why_not(cls, node, state, sdfg):
-        try:
-            cls.check(node, state, sdfg)
-        except _Reject as ex:
-            return str(ex)
-        return None
+_PureBase = CheckedImplementation
 
 
 def _attr(node, name: str, default=None):

@@ -23,13 +23,12 @@ import dace
 
 from daceml.errors import InvalidNodeError
 from daceml.onnx.ops.common import add_cpp_map, cpp, is_one, nested_sdfg, normalize_axis
-from daceml.onnx.ops.registry import Implementation, op_implementation
+from daceml.onnx.ops.registry import CheckedImplementation, Rejected, op_implementation
 
 _FLOATS = (dace.float32, dace.float64)
 
 
-class _Reject(Exception):
-    """Raised by the checks; why_not turns it into its reason."""
+_Reject = Rejected  # raised by the checks; why_not turns it into its reason
 
 
 def _floats(node, state, sdfg, conns: Sequence[str]) -> None:
@@ -40,27 +39,12 @@ def _floats(node, state, sdfg, conns: Sequence[str]) -> None:
                           f"float32 and float64")
 
 
-class _PureBase(Implementation):
+class _PureBase(CheckedImplementation):
     """why_not from a ``check`` that raises _Reject; expansion re-raises it naming the node."""
 
     @classmethod
     def check(cls, node, state, sdfg):
         _floats(node, state, sdfg, node.input_connectors())
-
-    @classmethod
-    def checked(cls, node, state, sdfg):
-        try:
-            return cls.check(node, state, sdfg)
-        except _Reject as ex:
-            raise InvalidNodeError(f"{node.describe()}: {ex}") from None
-
-    @classmethod
-    def why_not(cls, node, state, sdfg):
-        try:
-            cls.check(node, state, sdfg)
-        except _Reject as ex:
-            return str(ex)
-        return None
 
 
 def _ranges(shape: Sequence, dims: Sequence[int]) -> Dict[str, str]:

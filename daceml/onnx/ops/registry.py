@@ -102,6 +102,37 @@ class Implementation:
         return cache[key]
 
 
+class Rejected(Exception):
+    """Raised by :meth:`CheckedImplementation.check`: the implementation does not apply; the
+    message says why."""
+
+
+class CheckedImplementation(Implementation):
+    """An implementation whose applicability is one ``check`` that raises :class:`Rejected`:
+    ``why_not`` returns the message, ``checked`` (for use in ``expansion``) re-raises it as an
+    error naming the node."""
+
+    @classmethod
+    def check(cls, node, state, sdfg):
+        raise NotImplementedError(f"{cls.__name__} must define check()")
+
+    @classmethod
+    def checked(cls, node, state, sdfg):
+        from daceml.errors import InvalidNodeError
+        try:
+            return cls.check(node, state, sdfg)
+        except Rejected as ex:
+            raise InvalidNodeError(f"{node.describe()}: {ex}") from None
+
+    @classmethod
+    def why_not(cls, node, state, sdfg):
+        try:
+            cls.check(node, state, sdfg)
+        except Rejected as ex:
+            return str(ex)
+        return None
+
+
 @dataclasses.dataclass
 class Fallback:
     """A node that was not expanded by its first-choice implementation."""
