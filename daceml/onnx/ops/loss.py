@@ -23,20 +23,18 @@ import math
 
 import dace
 
-from daceml.errors import InvalidNodeError
 from daceml.onnx.ops.common import add_cpp_array_kernel, cpp, nested_sdfg, pointer_connectors
-from daceml.onnx.ops.registry import Implementation, op_implementation
+from daceml.onnx.ops.registry import CheckedImplementation, Rejected, op_implementation
 
 _FLOATS = (dace.float32, dace.float64)
 _INDEX = (dace.int32, dace.int64)
 _REDUCTIONS = ("none", "sum", "mean")
 
 
-class _Reject(Exception):
-    """Raised by the checks; why_not turns it into its reason."""
+_Reject = Rejected
 
 
-class _LossBase(Implementation):
+class _LossBase(CheckedImplementation):
     """Shared checks and kernel of the two losses; subclasses name the connectors."""
     #: connectors: scores, target, weight, loss output, log_prob output (or None)
     scores = target = weight = loss = log_prob = ""
@@ -65,21 +63,6 @@ class _LossBase(Implementation):
         if reduction not in _REDUCTIONS:
             raise _Reject(f"reduction={reduction!r} is not one of {', '.join(_REDUCTIONS)}")
         return reduction
-
-    @classmethod
-    def checked(cls, node, state, sdfg):
-        try:
-            return cls.check(node, state, sdfg)
-        except _Reject as ex:
-            raise InvalidNodeError(f"{node.describe()}: {ex}") from None
-
-    @classmethod
-    def why_not(cls, node, state, sdfg):
-        try:
-            cls.check(node, state, sdfg)
-        except _Reject as ex:
-            return str(ex)
-        return None
 
     @classmethod
     def expansion(cls, node, state, sdfg):
