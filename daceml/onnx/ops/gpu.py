@@ -42,7 +42,7 @@ from typing import Dict, List, Optional, Sequence
 import dace
 
 from daceml.onnx.ops.common import cpp, is_one, nested_sdfg, normalize_axis, pointer_connectors
-from daceml.onnx.ops.registry import Implementation, op_implementation
+from daceml.onnx.ops.registry import CheckedImplementation, Rejected, op_implementation
 
 #: lanes of a warp, rows of a block in the warp-per-row kernels
 LANES = 32
@@ -99,8 +99,7 @@ template <typename T> DACEML_HDI T daceml_warp_min(T v) {
 """
 
 
-class _Reject(Exception):
-    """Raised by the checks; why_not turns it into its reason."""
+_Reject = Rejected
 
 
 def _add_helpers(nsdfg: dace.SDFG) -> None:
@@ -189,28 +188,7 @@ def _lit(value: float, T: str) -> str:
     return f"({T})({float(value)!r})"
 
 
-class _CudaBase(Implementation):
-    """why_not from a ``check`` that raises _Reject; the expansion gets the check's result."""
-
-    @classmethod
-    def check(cls, node, state, sdfg):
-        raise NotImplementedError
-
-    @classmethod
-    def why_not(cls, node, state, sdfg):
-        try:
-            cls.check(node, state, sdfg)
-        except _Reject as ex:
-            return str(ex)
-        return None
-
-    @classmethod
-    def checked(cls, node, state, sdfg):
-        from daceml.errors import InvalidNodeError
-        try:
-            return cls.check(node, state, sdfg)
-        except _Reject as ex:
-            raise InvalidNodeError(f"{node.describe()}: {ex}") from None
+_CudaBase = CheckedImplementation  # why_not from a check raising _Reject; expansions use checked()
 
 
 # --- MatMul, Gemm ----------------------------------------------------------------------------------
