@@ -13,8 +13,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def read_requirements():
     with open(os.path.join(HERE, "requirements.txt")) as f:
         reqs = [line.split("#")[0].strip() for line in f]
-    # test-only tools are not runtime requirements
-    return [r for r in reqs if r and not r.startswith(("pytest", "pybind11", "playwright"))]
+    # test-only tools are not runtime requirements; oneMKL is optional (extra "mkl": GEMMs then use it)
+    return [r for r in reqs if r and not r.startswith(("pytest", "pybind11", "playwright", "mkl"))]
+
+
+def optional_requirements(prefix):
+    with open(os.path.join(HERE, "requirements.txt")) as f:
+        reqs = [line.split("#")[0].strip() for line in f]
+    return [r for r in reqs if r.startswith(prefix)]
 
 
 setup(
@@ -22,9 +28,10 @@ setup(
     version="0.1.0",
     description="Data-centric optimizing compiler for deep neural networks, built on DaCe",
     packages=find_packages(include=["daceml", "daceml.*"]),
-    package_data={"daceml": ["py.typed"], "daceml.targets": ["cuda_support/*"], "daceml.gui": ["static/*"]},
+    package_data={"daceml": ["py.typed"], "daceml.targets": ["cuda_support/*", "cpu_support/*"], "daceml.gui": ["static/*"]},
     python_requires=">=3.10",
     install_requires=read_requirements(),
+    extras_require={"mkl": optional_requirements("mkl")},
     ext_modules=[
         Pybind11Extension("daceml._C", ["csrc/dispatch.cpp"], cxx_std=17, extra_compile_args=["-O2"]),
     ],

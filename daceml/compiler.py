@@ -51,16 +51,20 @@ _STALE_TEMP_SECONDS = 6 * 3600
 
 _source_fingerprint: Optional[str] = None
 #: parts of daceml that do not change generated code (left out of the build key)
-_NOT_CODEGEN = {"gui", "cli.py", "testing", "analysis"}
+_NOT_CODEGEN = {"gui", "cli.py", "testing", "analysis", "bench.py", "bench_gpu.py"}
+#: the files of daceml that generated code depends on: its Python and the headers / CMake files it ships
+_CODEGEN_FILES = ("*.py", "*.h", "*.cmake")
 
 
 def _daceml_source_fingerprint() -> str:
-    """SHA-256 over daceml's Python sources: any change of the compiler invalidates old builds."""
+    """SHA-256 over daceml's sources (Python, shipped headers and CMake files): any change of the
+    compiler invalidates old builds."""
     global _source_fingerprint
     if _source_fingerprint is None:
         root = os.path.dirname(os.path.abspath(__file__))
         h = hashlib.sha256()
-        for path in sorted(glob.glob(os.path.join(root, "**", "*.py"), recursive=True)):
+        paths = {p for pattern in _CODEGEN_FILES for p in glob.glob(os.path.join(root, "**", pattern), recursive=True)}
+        for path in sorted(paths):
             if os.path.relpath(path, root).split(os.sep)[0] in _NOT_CODEGEN:
                 continue
             h.update(os.path.relpath(path, root).encode())
@@ -275,6 +279,9 @@ class CompiledProgram:
         with open(os.path.join(folder, MANIFEST)) as f:
             name = json.load(f)["sdfg_name"]
         sdfg = dace.SDFG.from_file(os.path.join(folder, "program.sdfg"))
+        from daceml.targets import cpu
+        if cpu.MKL.is_installed():  # a program may link libmkl_rt: GNU threading, libgomp global
+            cpu.prepare_mkl()
         csdfg = CompiledSDFG(sdfg, ReloadableDLL(_library_path(folder, name), name))
         return cls(csdfg, folder)
 

@@ -24,10 +24,17 @@ from typing import Any, Dict, Iterator, List, get_type_hints
 
 log = logging.getLogger(__name__)
 
-#: C++ flags daceml compiles with (DaCe's default minus -ffast-math).
-CPU_COMPILER_ARGS = ("-std=c++14 -fPIC -Wall -Wextra -O3 -march=native "
+#: C++ flags daceml compiles with (DaCe's default minus -ffast-math, plus -fno-math-errno: math
+#: functions without side effects vectorize; see daceml/targets/cpu_support/vecmath.h).
+CPU_COMPILER_ARGS = ("-std=c++14 -fPIC -Wall -Wextra -O3 -march=native -fno-math-errno "
                      "-Wno-unused-parameter -Wno-unused-label -Wno-unused-variable "
                      "-Wno-unused-but-set-variable")
+
+
+#: force-included into every CPU translation unit (SIMD declarations of libmvec's math functions)
+VECMATH_HEADER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "targets", "cpu_support", "vecmath.h")
+_HAS_LIBMVEC = any(os.path.exists(os.path.join(d, "libmvec.so"))
+                   for d in ("/usr/lib/x86_64-linux-gnu", "/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/lib"))
 
 
 @dataclasses.dataclass
@@ -128,7 +135,9 @@ def snapshot() -> Dict[str, Any]:
 def apply_dace_settings() -> None:
     """Writes daceml's choices into DaCe's global configuration."""
     import dace
-    dace.Config.set("compiler", "cpu", "args", value=settings.cpu_compiler_args)
+    dace.Config.set("compiler", "cpu", "args", value=f"{settings.cpu_compiler_args} -include {VECMATH_HEADER}")
+    # vector versions of exp, erf, tanh, ... (glibc's libmvec) for vectorized loops
+    dace.Config.set("compiler", "cpu", "libs", value="mvec" if _HAS_LIBMVEC else "")
     # DaCe's default build type (RelWithDebInfo) appends -O2 after our -O3.
     dace.Config.set("compiler", "build_type", value="Release")
     # daceml keys builds by content hash itself; DaCe must not reuse by name.

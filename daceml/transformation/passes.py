@@ -210,13 +210,13 @@ class MatMulAddToGemm(Pass):
 
 # --- level 2: operator ---------------------------------------------------------------------------
 
-#: per device: op -> implementation names to prefer when they apply
-#: On the CPU the pure (OpenMP, tiled) GEMM kernels are the default: measured on the 3-layer
-#: 1024-wide MLP (B=256, 2 threads) they took 14.1 ms against 22.1 ms through OpenBLAS, whose
-#: pthreads compete with the OpenMP threads of the surrounding maps (eager: 10.1 ms).
-#: ``node.implementation = "blas"`` still selects OpenBLAS per node.
+#: per device: op -> implementation names to prefer when they apply (else the registry's order).
+#: CPU GEMMs go to oneMKL with the GNU OpenMP threading layer (one thread pool with the maps).
+#: Measured by `python examples/gemm_libraries.py` (2 threads, GFLOP/s, pure / OpenBLAS / MKL / torch):
+#: 1024x768x768 67 / 195 / 188 / 196; 256x1024x1024 67 / 34 / 144 / 151 (OpenBLAS's pthreads fight
+#: the program's OpenMP threads). Without the mkl wheels the pure tiled kernels are used.
 FAST_IMPLEMENTATIONS: Dict[str, Dict[str, List[str]]] = {
-    "cpu": {},
+    "cpu": {"MatMul": ["mkl"], "Gemm": ["mkl"]},
     "cuda": {},
 }
 

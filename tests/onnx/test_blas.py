@@ -1,4 +1,5 @@
-"""BLAS implementations (OpenBLAS) of MatMul and Gemm against onnxruntime, every shape case."""
+"""BLAS implementations (``blas``: OpenBLAS, ``mkl``: oneMKL) of MatMul and Gemm against onnxruntime,
+every shape case."""
 import numpy as np
 import pytest
 from onnx import helper
@@ -8,16 +9,19 @@ from daceml.onnx.nodes import ONNXOp
 from daceml.testing.onnx_compare import make_model, run_onnxruntime
 
 
-def _all_blas(model: ONNXModel):
+LIBRARIES = ["blas", "mkl"]
+
+
+def _all_blas(model: ONNXModel, library: str = "blas"):
     for node, _ in model.sdfg.all_nodes_recursive():
         if isinstance(node, ONNXOp):
-            node.implementation = "blas"
+            node.implementation = library
 
 
-def check(model, inputs, rtol=1e-4, atol=1e-4):
+def check(model, inputs, library, rtol=1e-4, atol=1e-4):
     expected = run_onnxruntime(model, inputs)
     dm = ONNXModel(model)
-    _all_blas(dm)
+    _all_blas(dm, library)
     got = dm(**inputs)
     got = got if isinstance(got, tuple) else (got, )
     for g, e in zip(got, expected):
@@ -25,8 +29,9 @@ def check(model, inputs, rtol=1e-4, atol=1e-4):
         np.testing.assert_allclose(g, e, rtol=rtol, atol=atol)
 
 
+@pytest.mark.parametrize("library", LIBRARIES)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_matmul_cases(dtype):
+def test_matmul_cases(dtype, library):
     rng = np.random.default_rng(0)
     shapes = {  # A, B
         "mm2d": ((5, 7), (7, 3)),
@@ -36,6 +41,8 @@ def test_matmul_cases(dtype):
         "vec_mat": ((7, ), (2, 7, 3)),
         "mat_vec": ((2, 5, 7), (7, )),
         "vec_vec": ((7, ), (7, )),
+        "shared_a": ((5, 7), (3, 7, 2)),
+        "shared_b4d": ((2, 3, 5, 7), (7, 2)),
     }
     nodes, inputs, outputs = [], {}, []
     for name, (sa, sb) in shapes.items():
@@ -43,10 +50,11 @@ def test_matmul_cases(dtype):
         inputs[f"{name}_b"] = rng.standard_normal(sb).astype(dtype)
         nodes.append(helper.make_node("MatMul", [f"{name}_a", f"{name}_b"], [f"{name}_y"]))
         outputs.append(f"{name}_y")
-    check(make_model(nodes, inputs, outputs), inputs, rtol=1e-5 if dtype == np.float64 else 1e-4)
+    check(make_model(nodes, inputs, outputs), inputs, library, rtol=1e-5 if dtype == np.float64 else 1e-4)
 
 
-def test_gemm_cases():
+@pytest.mark.parametrize("library", LIBRARIES)
+def test_gemm_cases(library):
     rng = np.random.default_rng(1)
     f = np.float32
     a, at = rng.standard_normal((4, 6)).astype(f), rng.standard_normal((6, 4)).astype(f)
@@ -61,10 +69,11 @@ def test_gemm_cases():
         helper.make_node("Gemm", ["at", "b"], ["y3"], transA=1, alpha=3.0),
         helper.make_node("Gemm", ["a", "b", "c_scalar"], ["y4"]),
     ]
-    check(make_model(nodes, inputs, [f"y{i}" for i in range(5)]), inputs)
+    check(make_model(nodes, inputs, [f"y{i}" for i in range(5)]), inputs, library)
 
 
-def test_symbolic_batch():
+@pytest.mark.parametrize("library", LIBRARIES)
+def test_symbolic_batch(library):
     import onnx
     w = np.random.default_rng(2).standard_normal((16, 8)).astype(np.float32)
     graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "sym",
@@ -72,7 +81,7 @@ def test_symbolic_batch():
                               [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 8])],
                               [onnx.numpy_helper.from_array(w, "w")])
     dm = ONNXModel(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]))
-    _all_blas(dm)
+    _all_blas(dm, library)
     for n in (1, 9):
         xv = np.random.default_rng(n).standard_normal((n, 16)).astype(np.float32)
         np.testing.assert_allclose(dm(xv), xv @ w, rtol=1e-5, atol=1e-5)
@@ -83,5 +92,17 @@ def test_blas_does_not_apply_to_integers():
     a = np.ones((2, 2), np.int64)
     dm = ONNXModel(make_model([helper.make_node("MatMul", ["a", "b"], ["y"])], {"a": a, "b": a}, ["y"]))
     (node, state) = [(n, s) for n, s in dm.sdfg.all_nodes_recursive() if isinstance(n, ONNXOp)][0]
-    reason = registry.why_not_all(node, state, dm.sdfg)["blas"]
-    assert "int64" in reason and "float32 or float64" in reason
+    for library in LIBRARIES:
+        reason = registry.why_not_all(node, state, dm.sdfg)[library]
+        assert "int64" in reason and "float32 or float64" in reason
+
+
+def test_mkl_is_set_to_the_gnu_openmp_threading_layer():
+    """oneMKL uses the GNU OpenMP threading layer: the same thread pool as the program's maps."""
+    import os
+    from daceml.targets import cpu
+    rng = np.random.default_rng(3)
+    inputs = {"a": rng.standard_normal((64, 32)).astype(np.float32),
+              "b": rng.standard_normal((32, 16)).astype(np.float32)}
+    check(make_model([helper.make_node("MatMul", ["a", "b"], ["y"])], inputs, ["y"]), inputs, "mkl")
+    assert os.environ["MKL_THREADING_LAYER"] == "GNU" and cpu.MKL.is_installed()

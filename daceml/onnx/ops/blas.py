@@ -1,12 +1,14 @@
-"""Implementations that call BLAS (OpenBLAS on the CPU), selected like cuBLAS on the GPU.
+"""Implementations that call BLAS on the CPU (oneMKL or OpenBLAS), selected like cuBLAS on the GPU.
 
 Ops: MatMul (every batch/broadcast/1-D case; an N-D x 2-D product is one GEMM
 over all rows), Gemm (transA/transB/alpha/beta, C broadcast).
 
 Each expands into one C++ tasklet over whole arrays that calls cblas_sgemm /
-cblas_dgemm. They are chosen by level 2 of the pipeline (ChooseImplementations)
-or per node (``node.implementation = "blas"``); the pure implementations stay
-the default of an unoptimized import.
+cblas_dgemm (batched MatMuls: one cblas_?gemm_batch_strided call with MKL, a loop
+of calls with OpenBLAS). Two libraries, two names: ``mkl`` (oneMKL, the level-2
+default on the CPU) and ``blas`` (OpenBLAS). They are chosen by level 2 of the
+pipeline (ChooseImplementations) or per node (``node.implementation = "mkl"``);
+the pure implementations stay the default of an unoptimized import.
 """
 from typing import List, Sequence
 
@@ -14,14 +16,16 @@ import dace
 
 from daceml.onnx.ops.common import is_one, nested_sdfg
 from daceml.onnx.ops.registry import Implementation, op_implementation
-from daceml.targets.cpu import OpenBLAS
+from daceml.targets.cpu import MKL, OpenBLAS
 
 _GEMM = {dace.float32: ("cblas_sgemm", "float"), dace.float64: ("cblas_dgemm", "double")}
+_MISSING = {OpenBLAS: "OpenBLAS is not installed (Debian libopenblas-dev)",
+            MKL: "oneMKL is not installed (pip wheels mkl and mkl-include)"}
 
 
-def _why_not_dtype(node, state, sdfg, conns: Sequence[str]):
-    if not OpenBLAS.is_installed():
-        return "OpenBLAS is not installed (Debian libopenblas-dev)"
+def _why_not_dtype(node, state, sdfg, conns: Sequence[str], library=OpenBLAS):
+    if not library.is_installed():
+        return _MISSING[library]
     for c in conns:
         dtype = node.in_desc(state, sdfg, c).dtype
         if dtype not in _GEMM:
@@ -62,14 +66,14 @@ def _tasklet(node, state, sdfg, inputs: List[str], code: str) -> dace.SDFG:
     return nsdfg
 
 
-@op_implementation("MatMul", name="blas")
-class BlasMatMul(Implementation):
-    """MatMul through cblas_?gemm: one call for N-D x 2-D, one per batch index otherwise."""
+class _BlasMatMul(Implementation):
+    """MatMul through cblas_?gemm: one call for N-D x 2-D; batched products one strided batch
+    call (MKL) or one call per batch index (OpenBLAS)."""
     environments = [OpenBLAS]
 
-    @staticmethod
-    def why_not(node, state, sdfg):
-        reason = _why_not_dtype(node, state, sdfg, ["A", "B"])
+    @classmethod
+    def why_not(cls, node, state, sdfg):
+        reason = _why_not_dtype(node, state, sdfg, ["A", "B"], cls.environments[0])
         if reason:
             return reason
         a, b = node.in_desc(state, sdfg, "A"), node.in_desc(state, sdfg, "B")
@@ -77,8 +81,8 @@ class BlasMatMul(Implementation):
             return f"A is {a.dtype} and B is {b.dtype}"
         return None
 
-    @staticmethod
-    def expansion(node, state, sdfg):
+    @classmethod
+    def expansion(cls, node, state, sdfg):
         a = list(node.in_desc(state, sdfg, "A").shape)
         b = list(node.in_desc(state, sdfg, "B").shape)
         dtype = node.in_desc(state, sdfg, "A").dtype
@@ -97,6 +101,14 @@ class BlasMatMul(Implementation):
         ba = [1] * (rank - len(ba)) + ba
         bb = [1] * (rank - len(bb)) + bb
         out_batch = [x if not is_one(x) else y for x, y in zip(ba, bb)]
+        if cls.environments[0] is MKL and (ba == bb or all(is_one(x) for x in ba) or all(is_one(x) for x in bb)):
+            # one strided batch call: A or B shared by every batch index has stride 0
+            sa = "0" if all(is_one(x) for x in ba) else f"{_c(m)} * {_c(k)}"
+            sb = "0" if all(is_one(x) for x in bb) else f"{_c(k)} * {_c(n)}"
+            code = (f"{gemm}_batch_strided(CblasRowMajor, CblasNoTrans, CblasNoTrans, {_c(m)}, {_c(n)}, {_c(k)}, "
+                    f"({ctype})1, _A, {_c(k)}, {sa}, _B, {_c(n)}, {sb}, ({ctype})0, _out, {_c(n)}, "
+                    f"{_c(m)} * {_c(n)}, {_prod(out_batch)});")
+            return _tasklet(node, state, sdfg, ["A", "B"], code)
         lines = [f"const long long __nb = {_prod(out_batch)};",
                  "for (long long __b = 0; __b < __nb; ++__b) {",
                  "  long long __r = __b, __oa = 0, __ob = 0, __sa = 1, __sb = 1;"]
@@ -113,15 +125,14 @@ class BlasMatMul(Implementation):
         return _tasklet(node, state, sdfg, ["A", "B"], "\n".join(lines))
 
 
-@op_implementation("Gemm", name="blas")
-class BlasGemm(Implementation):
+class _BlasGemm(Implementation):
     """Gemm through one cblas_?gemm call; C (broadcast) is copied into Y first and scaled by beta."""
     environments = [OpenBLAS]
 
-    @staticmethod
-    def why_not(node, state, sdfg):
+    @classmethod
+    def why_not(cls, node, state, sdfg):
         conns = node.input_connectors()
-        reason = _why_not_dtype(node, state, sdfg, conns)
+        reason = _why_not_dtype(node, state, sdfg, conns, cls.environments[0])
         if reason:
             return reason
         dtypes = {node.in_desc(state, sdfg, c).dtype for c in conns}
@@ -148,9 +159,34 @@ class BlasGemm(Implementation):
             c = [1] * (2 - len(c)) + c if len(c) < 2 else c
             rows_one, cols_one = is_one(c[0]), is_one(c[1])
             ci = f"{'0' if rows_one else '__i'} * {'1' if cols_one else N} + {'0' if cols_one else '__j'}"
-            lines += [f"for (long long __i = 0; __i < {M}; ++__i)",
+            lines += ["#pragma omp parallel for",
+                      f"for (long long __i = 0; __i < {M}; ++__i)",
                       f"  for (long long __j = 0; __j < {N}; ++__j) _out[__i * {N} + __j] = _C[{ci}];"]
         lines.append(f"{gemm}(CblasRowMajor, {'CblasTrans' if ta else 'CblasNoTrans'}, "
                      f"{'CblasTrans' if tb else 'CblasNoTrans'}, {M}, {N}, {K}, ({ctype}){alpha!r}, _A, "
                      f"{M if ta else K}, _B, {K if tb else N}, ({ctype}){beta if has_c else 0.0!r}, _out, {N});")
         return _tasklet(node, state, sdfg, node.input_connectors(), "\n".join(lines))
+
+
+@op_implementation("MatMul", name="blas")
+class BlasMatMul(_BlasMatMul):
+    """MatMul through OpenBLAS."""
+    environments = [OpenBLAS]
+
+
+@op_implementation("MatMul", name="mkl")
+class MklMatMul(_BlasMatMul):
+    """MatMul through oneMKL (batched products: one cblas_?gemm_batch_strided call)."""
+    environments = [MKL]
+
+
+@op_implementation("Gemm", name="blas")
+class BlasGemm(_BlasGemm):
+    """Gemm through OpenBLAS."""
+    environments = [OpenBLAS]
+
+
+@op_implementation("Gemm", name="mkl")
+class MklGemm(_BlasGemm):
+    """Gemm through oneMKL."""
+    environments = [MKL]

@@ -167,6 +167,15 @@ class _CConstants(ast.NodeTransformer):
         return node
 
 
+class _FloatConstants(ast.NodeTransformer):
+    """Writes float literals as float32 (``dace.float32(0.5)``, C++ ``dace::float32(0.5)``)."""
+
+    def visit_Constant(self, node: ast.Constant):
+        if isinstance(node.value, float):
+            return ast.Call(ast.Attribute(ast.Name("dace", ast.Load()), "float32", ast.Load()), [node], [])
+        return node
+
+
 def _is_constant(node: ast.AST) -> bool:
     return isinstance(node, ast.Constant)
 
@@ -288,7 +297,15 @@ class _Builder:
                 self.uses_half = True
                 tree = ast.Call(ast.Name("daceml_f2h", ast.Load()), [tree], [])
         tree = _CConstants().visit(tree)
+        if self.single_precision():
+            tree = _FloatConstants().visit(tree)
         return f"__out_{out_conn} = {ast.unparse(ast.fix_missing_locations(tree))}"
+
+    def single_precision(self) -> bool:
+        """True when every input and output of the node is float32: the expression is then
+        computed in float (as PyTorch does), not promoted to double by its constants, so the
+        compiler vectorizes it at full width (math functions through glibc's libmvec)."""
+        return bool(self.descs) and all(d.dtype == dace.float32 for d in self.descs.values())
 
     def dtype_of(self, param: str) -> dace.typeclass:
         conns = self.connectors.get(param)
