@@ -1,6 +1,10 @@
 """Build and install daceml and its C++ extension daceml._C.
 
 The pinned dependencies live in requirements.txt (read here and by the Makefile).
+
+``DACEML_NO_EXTENSION=1`` builds without daceml._C: a pure-Python wheel that installs on
+any Python 3 (compiled programs are then called through ctypes, see daceml/_dispatch.py);
+``make wheels`` builds it for machines whose Python differs from this one.
 """
 import os
 
@@ -8,6 +12,7 @@ from pybind11.setup_helpers import Pybind11Extension, build_ext
 from setuptools import find_packages, setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+NO_EXTENSION = os.environ.get("DACEML_NO_EXTENSION", "") not in ("", "0")
 
 
 def read_requirements():
@@ -32,7 +37,7 @@ setup(
     python_requires=">=3.10",
     install_requires=read_requirements(),
     extras_require={"mkl": optional_requirements("mkl")},
-    ext_modules=[
+    ext_modules=[] if NO_EXTENSION else [
         Pybind11Extension("daceml._C", ["csrc/dispatch.cpp"], cxx_std=17, extra_compile_args=["-O2"]),
     ],
     cmdclass={"build_ext": build_ext},

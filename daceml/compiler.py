@@ -247,12 +247,13 @@ class CompiledProgram:
     """A compiled SDFG, called with arrays (numpy or torch, by name) and symbol values.
 
     Arguments are passed as raw pointers through :mod:`daceml._C` (no ctypes on
-    the call path). Arrays must be C-contiguous with the SDFG's dtype; callers
+    the call path; where the extension is not built for this Python, through the ctypes
+    stand-in of :mod:`daceml._dispatch`). Arrays must be C-contiguous with the SDFG's dtype; callers
     with user-facing names check that (see :mod:`daceml.onnx.importer`).
     """
 
     def __init__(self, csdfg: CompiledSDFG, folder: str):
-        from daceml import _C
+        from daceml import _dispatch
         self.csdfg = csdfg
         self.sdfg: dace.SDFG = csdfg.sdfg
         self.folder = folder
@@ -271,7 +272,7 @@ class CompiledProgram:
         self._slot = {n: i for i, n in enumerate(self.argnames)}
         self._entry = ctypes.cast(csdfg._cfunc, ctypes.c_void_p).value
         self._init_symbols: Optional[Tuple[int, ...]] = None
-        self._C = _C
+        self._C = _dispatch.implementation()
         self._program = None
 
     @classmethod
