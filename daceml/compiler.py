@@ -287,11 +287,14 @@ class CompiledProgram:
         return cls(csdfg, folder)
 
     def _ensure_initialized(self, symbols: Dict[str, int]) -> None:
-        if self.csdfg.has_gpu_code:
+        gpu = self.csdfg.has_gpu_code
+        if gpu:
             from daceml.targets import cuda
             cuda.require_gpu(f"program {self.sdfg.name!r}")
         values = tuple(int(symbols[n]) for n in self.symbol_names if n in self.free_symbols)
         if self._init_symbols == values and self._program is not None:
+            if gpu:
+                self._follow_stream()
             return
         if self.csdfg._initialized:
             self.csdfg.finalize()
@@ -301,6 +304,18 @@ class CompiledProgram:
         self._init_symbols = values
         handle = self.csdfg._libhandle.value
         self._program = self._C.Program(self._entry, handle, len(self.argnames))
+        if gpu:
+            self._stream = None
+            self._follow_stream()
+
+    def _follow_stream(self) -> None:
+        """A CUDA program runs on the caller's current torch stream (ordered with its work)."""
+        import torch
+        from daceml.targets import cuda
+        stream = torch.cuda.current_stream().cuda_stream
+        if getattr(self, "_stream", None) != stream:
+            cuda.bind_stream(self, stream)
+            self._stream = stream
 
     @staticmethod
     def pointer(value: Any) -> int:

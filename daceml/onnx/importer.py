@@ -354,7 +354,9 @@ class ONNXModel:
             raise InputError(f"model {self.name!r}: missing input(s) {missing}")
         return bound
 
-    def _check_input(self, name: str, value: Any, symbols: Dict[str, int]) -> Any:
+    def _check_input(self, name: str, value: Any, symbols: Dict[str, int], device: str = "cpu") -> Any:
+        """``value`` checked (and made contiguous) as input ``name``; ``device``: where the program
+        runs ("cuda": a torch tensor on a CUDA device)."""
         desc = self.sdfg.arrays[self._array(name)]
         onnx_shape = self.table.shape(name) or ()
         expected_dtype = odt.numpy_dtype_of(desc)  # ml_dtypes' dtype for exotic types (bfloat16, ...)
@@ -366,10 +368,13 @@ class ONNXModel:
                                      f"of; pass a numpy array of dtype {expected_dtype} (ml_dtypes)")
             if value.dtype != odt.torch_dtype_of(desc):
                 raise InputTypeError(f"input {name!r}: expected dtype {odt.torch_dtype_of(desc)}, got {value.dtype}")
-            if value.device.type != "cpu":
-                raise InputError(f"input {name!r} is on device {value.device}; this model was compiled for the CPU")
+            if value.device.type != device:
+                raise InputError(f"input {name!r} is on device {value.device}; this model was compiled for the "
+                                 f"{device.upper()}")
             value = value.detach().contiguous() if value.requires_grad or not value.is_contiguous() else value
             shape = tuple(value.shape)
+        elif device != "cpu":
+            raise InputTypeError(f"input {name!r}: expected a torch tensor on {device}, got {type(value).__name__}")
         else:
             if not isinstance(value, (np.ndarray, np.generic)):
                 if isinstance(value, (int, float, bool, list, tuple)):

@@ -30,12 +30,20 @@ Before the GPU transformation, :func:`to_gpu` makes the program device code:
 - the program's arguments are placed in GPU global memory before the transformation, so
   it adds no host<->device copies: a CUDA program takes device pointers.
 
+:func:`device_program` is what a CUDA ``DaceModule`` runs: :func:`to_gpu`, device transients
+allocated once per program (not with cudaMalloc/cudaFree in every call), and the check that a
+call copies nothing between host and device (:func:`host_device_copies` lists such copies;
+the program is refused if there are any). :func:`bind_stream` points a loaded program's CUDA
+streams at the caller's stream (torch's current stream), so that it is ordered with the
+caller's work without synchronizing before the call.
+
 Calling CUDA code on a machine without a GPU segfaults the process, so
 :func:`require_gpu` checks for a device first and raises a clear error.
 """
 import contextlib
 import copy
 import ctypes
+import dataclasses
 import logging
 import os
 import re
@@ -338,8 +346,9 @@ def check_device_code(sdfg: dace.SDFG) -> None:
 
 
 def compile_for_cuda(sdfg: dace.SDFG, cuda_arch: Optional[str] = None, already_on_gpu: bool = False):
-    """Compiles ``sdfg`` for CUDA (cached by content). Returns the CompiledProgram; it refuses
-    to run on a machine without a GPU (see :func:`require_gpu`)."""
+    """Compiles ``sdfg`` for CUDA (cached by content). Returns the CompiledProgram on a machine
+    with a GPU; without one, only the :class:`daceml.compiler.Build` (nothing is loaded: see
+    :func:`require_gpu`)."""
     from daceml import compiler
     if nvcc_path() is None:
         raise RuntimeError("compiling for CUDA needs nvcc on PATH (or CUDA_HOME)")
@@ -348,3 +357,105 @@ def compile_for_cuda(sdfg: dace.SDFG, cuda_arch: Optional[str] = None, already_o
         program = compiler.compile_sdfg(gpu, extra_key={"target": "cuda", "arch": a},
                                         load=gpu_count() > 0)
     return program
+
+
+# --- programs that keep their data on the device ------------------------------------------------
+
+def make_device_transients_persistent(sdfg: dace.SDFG) -> int:
+    """Allocates the GPU transients whose size the program's parameters determine once, when the
+    program is initialized, instead of with cudaMalloc/cudaFree (which synchronize the device)
+    in every call. Returns how many arrays were changed."""
+    from dace.transformation.auto.auto_optimize import make_transients_persistent
+    changed = make_transients_persistent(sdfg, dace.DeviceType.GPU)
+    return sum(len(v) for v in changed.values())
+
+
+def device_program(sdfg: dace.SDFG) -> dace.SDFG:
+    """The program a CUDA DaceModule runs: :func:`to_gpu` (device pointers in and out), device
+    transients allocated once per program (:func:`make_device_transients_persistent`), and no
+    host<->device copy inside a call (raises :class:`HostDeviceCopyError` listing them)."""
+    gpu = to_gpu(sdfg)
+    n = make_device_transients_persistent(gpu)
+    log.debug("%s: %d device transient(s) allocated once per program", gpu.name, n)
+    copies = host_device_copies(gpu)
+    if copies:
+        raise HostDeviceCopyError(
+            f"program {sdfg.name!r} would copy between host and device inside every call ({len(copies)} copies); "
+            "daceml's CUDA programs keep all their data on the device:\n" + "\n".join(f"  - {c}" for c in copies))
+    return gpu
+
+
+class HostDeviceCopyError(RuntimeError):
+    """A GPU program would copy data between host and device inside a call."""
+
+
+@dataclasses.dataclass(frozen=True)
+class HostDeviceCopy:
+    """A copy between host and device memory inside a program (or a host read of device data)."""
+    sdfg: str
+    state: str
+    src: str
+    dst: str
+    #: "host->device", "device->host", or "device->host (interstate)" for a condition or
+    #: assignment between states that reads device data on the host
+    direction: str
+    volume: str = ""
+
+    def __str__(self) -> str:
+        vol = f", {self.volume} element(s)" if self.volume else ""
+        return f"{self.direction}: {self.src} -> {self.dst} (state {self.state!r} of {self.sdfg}{vol})"
+
+
+_DEVICE_STORAGE = (dace.StorageType.GPU_Global, dace.StorageType.GPU_Shared)
+
+
+def _on_device(sd: dace.SDFG, state: dace.SDFGState, node: sdnodes.AccessNode) -> bool:
+    """Whether the data of access node ``node`` lives in device memory."""
+    from dace.sdfg.scope import is_devicelevel_gpu
+    storage = sd.arrays[node.data].storage
+    if storage in _DEVICE_STORAGE:
+        return True
+    if storage in (dace.StorageType.Register, dace.StorageType.Default):
+        return is_devicelevel_gpu(sd, state, node)  # a register inside a kernel is on the device
+    return False
+
+
+def host_device_copies(sdfg: dace.SDFG) -> List[HostDeviceCopy]:
+    """Every copy between host and device memory in ``sdfg`` (nested SDFGs included): edges
+    between two access nodes of which one is in host and the other in device memory, and
+    conditions or assignments between states that read device arrays on the host. A CUDA
+    program whose arguments are device pointers (:func:`to_gpu`) needs none for the ops
+    daceml implements; an empty list means a call moves no data across the bus."""
+    found: List[HostDeviceCopy] = []
+    for sd in sdfg.all_sdfgs_recursive():
+        for state in sd.states():
+            for edge in state.edges():
+                src, dst = edge.src, edge.dst
+                if not (isinstance(src, sdnodes.AccessNode) and isinstance(dst, sdnodes.AccessNode)):
+                    continue
+                if edge.data.is_empty():
+                    continue
+                a, b = _on_device(sd, state, src), _on_device(sd, state, dst)
+                if a != b:
+                    found.append(HostDeviceCopy(sd.name, state.label, src.data, dst.data,
+                                                "device->host" if a else "host->device",
+                                                str(edge.data.volume)))
+        device_arrays = {n for n, d in sd.arrays.items() if d.storage in _DEVICE_STORAGE}
+        for edge in sd.all_interstate_edges():
+            read = edge.data.read_symbols() & device_arrays
+            for name in sorted(read):
+                found.append(HostDeviceCopy(sd.name, f"{edge.src.label}->{edge.dst.label}", name, "host",
+                                            "device->host (interstate)"))
+    return found
+
+
+def bind_stream(program, stream: int) -> None:
+    """Makes every CUDA stream of ``program`` (a loaded :class:`daceml.compiler.CompiledProgram`
+    whose state is initialized) ``stream`` (a ``cudaStream_t`` as an integer, e.g.
+    ``torch.cuda.current_stream().cuda_stream``): its kernels are then ordered with the
+    caller's work on that stream, and no synchronization is needed before a call."""
+    fn = program.csdfg.get_exported_function("__dace_gpu_set_all_streams")
+    if fn is None:
+        raise RuntimeError(f"program {program.sdfg.name!r} has no __dace_gpu_set_all_streams (not a CUDA program?)")
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+    fn(ctypes.c_void_p(program.csdfg._libhandle.value), ctypes.c_void_p(stream))

@@ -12,6 +12,15 @@ and shape of every tensor argument (only the rank with ``dynamic=True``, where
 the batch/sequence dims stay symbolic), and the values of non-tensor arguments.
 A new signature builds a new program (logged); builds are cached on disk by
 content, so a rebuild of a known signature only loads.
+
+On an NVIDIA GPU: ``DaceModule(module, device="cuda")``, or inputs on a CUDA device,
+pick the CUDA target (:mod:`daceml.targets.cuda`). The parameters and buffers stay on
+the device and are passed by device pointer like on the CPU; constants are copied to the
+device once per build; outputs are allocated on the device; the program runs on the
+caller's current CUDA stream, and a call copies nothing between host and device
+(checked when the program is built, :func:`daceml.targets.cuda.host_device_copies`).
+Without a GPU, a call raises :class:`daceml.targets.cuda.NoGPUError` before anything is
+loaded; :meth:`DaceModule.prepare` still compiles the CUDA program there (nvcc only).
 """
 import contextlib
 import copy
@@ -48,6 +57,12 @@ class _Build:
     out_spec: Any
     dynamic: bool
     fast: Any = None
+    #: "cpu" or "cuda"
+    target: str = "cpu"
+    #: the CUDA target: the device program (after daceml.targets.cuda.device_program) and what
+    #: compiling it gave (a CompiledProgram, or a compiler.Build on a machine without a GPU)
+    device_sdfg: Any = None
+    program: Any = None
     #: the SDFG after level 1 (ONNX nodes): what automatic differentiation works on
     autodiff_sdfg: Any = None
     #: training-mode batch norms whose new running statistics follow the outputs
@@ -93,11 +108,19 @@ class DaceModule(nn.Module):
     :param name: name of the generated program (default: the module's class name).
     :param opset: ONNX opset to export with.
     :param optimize_level: levels of the lowering pipeline to run (0: none, 4: all; see daceml.optimize).
+                           On the CUDA target, level 1 (graph rewrites) runs and the device lowering
+                           of :func:`daceml.targets.cuda.device_program` does the rest.
+    :param device: ``"cuda"`` (or ``"cuda:N"``) for the CUDA target, ``"cpu"`` for the CPU; default:
+                   the device of the inputs.
     """
 
     def __init__(self, module: nn.Module, dummy_inputs: Optional[Sequence[Any]] = None, *, dynamic: Any = False,
-                 name: Optional[str] = None, opset: int = 20, optimize_level: int = 4):
+                 name: Optional[str] = None, opset: int = 20, optimize_level: int = 4,
+                 device: Optional[Any] = None):
         super().__init__()
+        self.device = None if device is None else torch.device(device)
+        if self.device is not None and self.device.type not in ("cpu", "cuda"):
+            raise ValueError(f"DaceModule: device {device!r} is not supported; daceml targets 'cpu' and 'cuda'")
         object.__setattr__(self, "_wrapped", module)
         # Share the wrapped module's members: state_dict keys, train()/eval() and .to() act on them.
         self._modules = module._modules
@@ -113,7 +136,7 @@ class DaceModule(nn.Module):
         self._last: Optional[_Build] = None
         self._fast_key: Optional[Tuple[bool, int]] = None
         if dummy_inputs is not None:
-            self._build_for(tuple(dummy_inputs), {})
+            self.prepare(*dummy_inputs)
 
     @property
     def module(self) -> nn.Module:
@@ -160,32 +183,46 @@ class DaceModule(nn.Module):
 
     # --- building ----------------------------------------------------------------------------
 
-    def _signature(self, flat: List[Any], dynamic: bool) -> Tuple:
+    def _signature(self, flat: List[Any], dynamic: bool, target: str = "cpu") -> Tuple:
         sig: List[Any] = [self.training]
         for a in flat:
             if isinstance(a, torch.Tensor):
                 shape = tuple(None if dynamic and d in (_dynamic_dims(a, dynamic) or {}) else n
                               for d, n in enumerate(a.shape))
-                sig.append(("T", str(a.dtype), shape, a.device.type))
+                sig.append(("T", str(a.dtype), shape, target))
             else:
                 sig.append(("C", repr(a)))
         sig.append(tuple(str(p.dtype) for p in self.state_dict(keep_vars=True).values()))
         return tuple(sig)
 
-    def _build_for(self, args: Tuple[Any, ...], kwargs: Dict[str, Any], dynamic: Optional[bool] = None) -> _Build:
+    def _target(self, flat: Sequence[Any]) -> str:
+        """"cpu" or "cuda": the device given to the constructor, else the inputs' device."""
+        if self.device is not None:
+            return self.device.type
+        devices = {a.device.type for a in flat if isinstance(a, torch.Tensor)}
+        if devices <= {"cpu"}:
+            return "cpu"
+        if devices == {"cuda"}:
+            return "cuda"
+        raise InputError(f"{self.program_name}: inputs on devices {sorted(devices)}; daceml runs a program on the "
+                         "CPU or on one CUDA device, with all inputs there")
+
+    def _build_for(self, args: Tuple[Any, ...], kwargs: Dict[str, Any], dynamic: Optional[bool] = None,
+                   target: str = "cpu", backward: bool = False) -> _Build:
         if kwargs:
             raise TypeError(f"{self.program_name}: keyword arguments are not supported by DaceModule yet "
                             f"(got {sorted(kwargs)}); pass them positionally")
         dynamic = self.dynamic if dynamic is None else dynamic
         flat, _ = pytree.tree_flatten(args)
-        key = self._signature(flat, dynamic)
+        key = self._signature(flat, dynamic, target)
         if key in self._builds:
             return self._builds[key]
-        for a in flat:
-            if isinstance(a, torch.Tensor) and a.device.type != "cpu":
-                raise InputError(f"{self.program_name}: input on device {a.device}; only the CPU target is "
-                                 "supported by DaceModule so far")
-        log.info("building %s for signature %s", self.program_name, key[1:-1])
+        if target == "cpu":
+            for a in flat:
+                if isinstance(a, torch.Tensor) and a.device.type != "cpu":
+                    raise InputError(f"{self.program_name}: input on device {a.device}; this DaceModule runs on the "
+                                     "CPU (device='cpu'): move the inputs with .cpu(), or use device='cuda'")
+        log.info("building %s for signature %s (%s)", self.program_name, key[1:-1], target)
         module = self._wrapped
         self._check_training_semantics(module)
         stats_bns: Sequence[nn.Module] = ()
@@ -214,20 +251,67 @@ class DaceModule(nn.Module):
         if levels:
             optimize(model, passes=levels[:1])
         autodiff_sdfg = copy.deepcopy(model.sdfg)
-        if len(levels) > 1:
+        if len(levels) > 1 and target == "cpu":
             optimize(model, passes=levels[1:])
         for fn in self._hooks["post_optimize"].values():
             fn(model)
         build = _Build(model, state_inputs, tensor_positions, out_spec, dynamic, autodiff_sdfg=autodiff_sdfg,
-                       stats_bns=tuple(stats_bns), n_outputs=len(out_leaves))
-        if not self._needs_grad(flat):
+                       stats_bns=tuple(stats_bns), n_outputs=len(out_leaves), target=target)
+        if backward:
+            self._training_program(build, flat)
+        elif not self._needs_grad(flat):
             # inference program now; training programs are built when a call needs gradients
-            program = model.compile()
-            for fn in self._hooks["post_compile"].values():
-                fn(program)
+            self._compile(build)
         self._builds[key] = build
         self._last = build
         return build
+
+    def _compile(self, build: _Build) -> Any:
+        """The inference program of ``build``, compiled now if it is not yet (post-compile hooks run)."""
+        if build.target == "cuda":
+            if build.program is not None:
+                return build.program
+            from daceml.targets import cuda
+            build.device_sdfg = cuda.device_program(build.model.sdfg)
+            build.program = program = cuda.compile_for_cuda(build.device_sdfg, already_on_gpu=True)
+        else:
+            if build.model.compiled is not None:
+                return build.model.compiled
+            program = build.model.compile()
+        for fn in self._hooks["post_compile"].values():
+            fn(program)
+        return program
+
+    def _training_program(self, build: _Build, flat: Sequence[Any]):
+        """The training program (forward storing what backward reads, and backward) of ``build``
+        for the inputs and parameters that require grad (all parameters if none does)."""
+        model = build.model
+        state = self.state_dict(keep_vars=True)
+        inputs = [flat[i] for i in build.tensor_positions]
+        grad_inputs = [n for n, t in zip(model.inputs, inputs) if t.requires_grad and t.dtype in autograd.FLOAT_DTYPES]
+        grad_weights = [init for init, key in build.state_inputs.items()
+                        if state[key].requires_grad and state[key].dtype in autograd.FLOAT_DTYPES]
+        return autograd.training_program(model, grad_inputs, grad_weights, build.autodiff_sdfg,
+                                         self.optimize_level, device=build.target)
+
+    def prepare(self, *example_inputs: Any, backward: bool = False) -> Any:
+        """Builds the program for calls like ``self(*example_inputs)`` without running it, and
+        returns it: the compiled program, or with ``backward=True`` the training program
+        (:class:`daceml.torch.autograd.TrainingProgram`, its backward pass compiled too).
+
+        With ``device="cuda"`` the example inputs may be CPU tensors (only their dtypes and shapes
+        count), and on a machine without a GPU the CUDA code is compiled with nvcc but not
+        loaded: the result is then a :class:`daceml.compiler.Build` (or a training program of them).
+        """
+        flat, _ = pytree.tree_flatten(example_inputs)
+        target = self._target(flat)
+        build = self._build_for(tuple(example_inputs), {}, target=target, backward=backward)
+        self._last = build
+        if backward:
+            program = self._training_program(build, flat)
+            _ = program.backward_program  # compiled now, not at the first backward
+            return program
+        return self._compile(build)
 
     # --- calling -----------------------------------------------------------------------------
 
@@ -240,8 +324,11 @@ class DaceModule(nn.Module):
                 outs = build.fast(args)
                 if outs is not None:
                     return self._finish(build, outs)
-        build = self._build_for(args, kwargs)
         flat, _ = pytree.tree_flatten(args)
+        if (self.device is not None and self.device.type == "cuda") or (
+                self.device is None and any(isinstance(a, torch.Tensor) and a.device.type == "cuda" for a in flat)):
+            return self._forward_cuda(args, kwargs, flat)
+        build = self._build_for(args, kwargs)
         inputs = [flat[i] for i in build.tensor_positions]
         state = self.state_dict(keep_vars=True)
         if self._needs_grad(flat):
@@ -269,6 +356,64 @@ class DaceModule(nn.Module):
             build.fast = FastCall(self._wrapped, build.model, build.state_inputs)
         self._fast_key = (self.training, len(args)) if flat_only_tensors else None
         return self._finish(build, outs)
+
+    def _forward_cuda(self, args: Tuple[Any, ...], kwargs: Dict[str, Any], flat: List[Any]) -> Any:
+        """The first call of a signature on the CUDA target (later ones take the fast path)."""
+        from daceml.targets import cuda
+        cuda.require_gpu(f"DaceModule {self.program_name!r} (CUDA target)")  # before anything is loaded
+        target = self._target(flat)
+        device = self._cuda_device(flat)
+        build = self._build_for(args, kwargs, target=target)
+        inputs = [flat[i] for i in build.tensor_positions]
+        state = self.state_dict(keep_vars=True)
+        if self._needs_grad(flat):
+            live = {init: state[key] for init, key in build.state_inputs.items()}
+            self._last = build
+            self._fast_key = None
+            outs = autograd.forward_with_grad(build.model, inputs, live, sdfg=build.autodiff_sdfg,
+                                              optimize_level=self.optimize_level, device="cuda")
+            return self._finish(build, outs)
+        try:
+            outs = self._cuda_call(build, device).call(inputs)
+        except InputError:
+            if not build.dynamic:
+                raise
+            # a dim the exporter specialised changed: build a static program for this shape
+            build = self._build_for(args, kwargs, dynamic=False, target=target)
+            outs = self._cuda_call(build, device).call(inputs)
+        self._last = build
+        only_tensors = all(isinstance(a, torch.Tensor) for a in args) and len(flat) == len(args)
+        self._fast_key = (self.training, len(args)) if only_tensors else None
+        return self._finish(build, outs)
+
+    def _cuda_call(self, build: _Build, device: torch.device):
+        """The prepared call (:class:`daceml.torch.cuda_dispatch.CudaCall`) of a CUDA build."""
+        from daceml.torch.cuda_dispatch import CudaCall
+        if build.fast is None:
+            build.fast = CudaCall(self._wrapped, build.model, build.state_inputs, self._compile(build), device)
+        return build.fast
+
+    def _cuda_device(self, flat: Sequence[Any]) -> torch.device:
+        """The CUDA device of this call: the inputs must be there; parameters and buffers still on
+        the CPU are moved there once (``module.to(device)``), like ``model.cuda()``."""
+        want = self.device if self.device is not None and self.device.type == "cuda" else None
+        for a in flat:
+            if isinstance(a, torch.Tensor):
+                if a.device.type != "cuda":
+                    raise InputError(f"{self.program_name}: input on device {a.device}, but this DaceModule runs on "
+                                     f"CUDA: move the inputs with .to({str(want or 'cuda')!r})")
+                if want is None or want.index is None:
+                    want = a.device
+                elif a.device != want:
+                    raise InputError(f"{self.program_name}: input on {a.device}, expected {want}")
+        if want is None or want.index is None:
+            want = torch.device("cuda", torch.cuda.current_device())
+        stray = [k for k, t in self.state_dict(keep_vars=True).items() if t.device != want]
+        if stray:
+            log.info("%s: moving %d parameter(s)/buffer(s) to %s (e.g. %s)", self.program_name, len(stray), want,
+                     stray[0])
+            self.to(want)
+        return want
 
     @staticmethod
     def _finish(build: _Build, outs: List[Any]) -> Any:

@@ -149,13 +149,17 @@ def _assert_built(build) -> None:
 @pytest.mark.cuda_compile
 @needs_nvcc
 def test_zoo_forward_compiles_for_cuda(zoo_models):
-    """Every zoo model's forward pass (and a graph of op options), one program, one nvcc run."""
+    """Every zoo model's forward pass (and a graph of op options), one program, one nvcc run; as
+    a device program (:func:`daceml.targets.cuda.device_program`, what a CUDA DaceModule runs) it
+    copies nothing between host and device inside a call."""
     program = nest_programs({name: m.sdfg for name, m in zoo_models.items()}, "zoo_forward")
     chosen = cuda.choose_cuda_implementations(copy.deepcopy(program))
     expected = ZOO_CUDA_OPS | {"LogSoftmax", "ReduceSum", "ReduceLogSumExp", "ReduceMax", "GlobalMaxPool",
                                "GlobalAveragePool", "LpPool"}
     assert expected <= set(chosen), f"ops not expanded for the GPU: {expected - set(chosen)}"
-    gpu = cuda.to_gpu(program)  # raises if host code would touch GPU memory
+    # raises if host code would touch GPU memory, or if a call would copy between host and device
+    gpu = cuda.device_program(program)
+    assert cuda.host_device_copies(gpu) == []
     for name, desc in gpu.arrays.items():
         if not desc.transient:
             assert desc.storage == dace.StorageType.GPU_Global, f"argument {name} is not in GPU memory"
