@@ -110,6 +110,17 @@ def profile_workload(name: str, rounds: int = 5) -> Tuple[dace.SDFG, List[Tuple[
         dm(*inputs)
     sdfg = dm.sdfg
     args = random_arguments(sdfg, {})
+    # the real inputs, weights and constants: random batch-norm variances would be negative, and
+    # NaNs take the slow paths of vector math functions
+    build, model = dm._last, dm.onnx_model
+    state = dict(module.state_dict())
+    for onnx_name, key in build.state_inputs.items():
+        args[model._array(onnx_name)] = state[key].detach().numpy()
+    for onnx_name, value in model.weights.items():
+        if model._array(onnx_name) in args and onnx_name not in build.state_inputs:
+            args[model._array(onnx_name)] = model._weight_array(onnx_name, value)
+    for onnx_name, value in zip(model.inputs, inputs):
+        args[model._array(onnx_name)] = value.detach().numpy()
     times = node_times(sdfg, args, rounds=rounds)
     rows = sorted(((describe(sdfg, k), t) for k, t in times.items()), key=lambda r: -r[1])
     return sdfg, rows

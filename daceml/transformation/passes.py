@@ -5,58 +5,18 @@ for the GUI and recipes), ``apply(sdfg, model) -> number of changes``, and a
 one-line ``_detail`` of what it did. :func:`level_passes` lists each level.
 """
 import logging
-from typing import Any, Dict, List, Optional
+from typing import Dict, List
 
 import dace
-from dace import properties, serialize
+from dace import properties
 from dace.sdfg import nodes as sdnodes
 
-from daceml.onnx.nodes import ONNXOp
+from daceml.transformation.base import Pass, _onnx_nodes, _single_consumer  # noqa: F401 (re-exported)
+from daceml.transformation.conv_bn import FoldBatchNormIntoConv
+from daceml.transformation.linear import MatMulAddToGemm
+from daceml.transformation.views import ReshapesAsViews
 
 log = logging.getLogger(__name__)
-
-
-@properties.make_properties
-class Pass:
-    """Base class of daceml's passes."""
-    LEVEL: int = 0
-
-    def __init__(self, **props: Any):
-        for k, v in props.items():
-            setattr(self, k, v)
-        self._detail = ""
-
-    @property
-    def detail(self) -> str:
-        """What the last ``apply`` did, in a few words."""
-        return self._detail
-
-    def apply(self, sdfg: dace.SDFG, model=None) -> int:
-        raise NotImplementedError(f"{type(self).__name__} must define apply()")
-
-    def to_json(self) -> Dict[str, Any]:
-        return {"pass": type(self).__name__, **serialize.all_properties_to_json(self)}
-
-    @staticmethod
-    def from_json(obj: Dict[str, Any]) -> "Pass":
-        cls = PASSES[obj["pass"]]
-        p = cls()
-        serialize.set_properties_from_json(p, {k: v for k, v in obj.items() if k != "pass"})
-        return p
-
-
-def _onnx_nodes(sdfg: dace.SDFG, op: Optional[str] = None):
-    for state in sdfg.states():
-        for node in list(state.nodes()):
-            if isinstance(node, ONNXOp) and (op is None or node.schema.name == op):
-                yield node, state
-
-
-def _single_consumer(state: dace.SDFGState, access: sdnodes.AccessNode) -> Optional[Any]:
-    outs = state.out_edges(access)
-    if len(outs) != 1 or state.in_degree(access) != 1:
-        return None
-    return outs[0]
 
 
 # --- level 1: graph ------------------------------------------------------------------------------
@@ -165,49 +125,6 @@ class RemoveDeadNodes(Pass):
         return removed
 
 
-@properties.make_properties
-class MatMulAddToGemm(Pass):
-    """MatMul(A[M,K], B[K,N]) followed by Add with a bias of shape [N] -> one Gemm."""
-    LEVEL = 1
-
-    def apply(self, sdfg, model=None) -> int:
-        from daceml.onnx.nodes import node_class
-        fused = 0
-        for mm, state in list(_onnx_nodes(sdfg, "MatMul")):
-            out_edges = state.out_edges(mm)
-            if len(out_edges) != 1:
-                continue
-            tmp = out_edges[0].dst
-            if not sdfg.arrays[tmp.data].transient:
-                continue
-            consumer = _single_consumer(state, tmp)
-            if consumer is None or not isinstance(consumer.dst, ONNXOp) or consumer.dst.schema.name != "Add":
-                continue
-            add = consumer.dst
-            other_conn = "B" if consumer.dst_conn == "A" else "A"
-            bias_edge = next(iter(state.in_edges_by_connector(add, other_conn)))
-            a_edge = next(iter(state.in_edges_by_connector(mm, "A")))
-            b_edge = next(iter(state.in_edges_by_connector(mm, "B")))
-            a, b, c = (sdfg.arrays[e.data.data] for e in (a_edge, b_edge, bias_edge))
-            out = state.out_edges(add)[0]
-            if len(a.shape) != 2 or len(b.shape) != 2 or len(c.shape) != 1 or c.shape[0] != b.shape[1]:
-                continue
-            if a.dtype != c.dtype:
-                continue
-            gemm = node_class("Gemm", 13)(f"{mm.label}_gemm", inputs=["A", "B", "C"], outputs=["Y"])
-            state.add_node(gemm)
-            state.add_edge(a_edge.src, a_edge.src_conn, gemm, "A", a_edge.data)
-            state.add_edge(b_edge.src, b_edge.src_conn, gemm, "B", b_edge.data)
-            state.add_edge(bias_edge.src, bias_edge.src_conn, gemm, "C", bias_edge.data)
-            state.add_edge(gemm, "Y", out.dst, out.dst_conn, out.data)
-            for n in (mm, add, tmp):
-                state.remove_node(n)
-            sdfg.remove_data(tmp.data, validate=False)
-            fused += 1
-        self._detail = f"{fused} MatMul+Add pair(s)"
-        return fused
-
-
 # --- level 2: operator ---------------------------------------------------------------------------
 
 #: per device: op -> implementation names to prefer when they apply (else the registry's order).
@@ -216,14 +133,16 @@ class MatMulAddToGemm(Pass):
 #: 1024x768x768 67 / 195 / 188 / 196; 256x1024x1024 67 / 34 / 144 / 151 (OpenBLAS's pthreads fight
 #: the program's OpenMP threads). Without the mkl wheels the pure tiled kernels are used.
 FAST_IMPLEMENTATIONS: Dict[str, Dict[str, List[str]]] = {
-    "cpu": {"MatMul": ["mkl"], "Gemm": ["mkl"]},
+    "cpu": {"MatMul": ["mkl"], "Gemm": ["mkl"], "Conv": ["mkl"]},
     "cuda": {},
 }
 
 
 @properties.make_properties
 class ChooseImplementations(Pass):
-    """Sets each ONNX node's implementation to the fastest one that applies (by device)."""
+    """Sets each ONNX node's implementation to the fastest one that applies (by device): the first
+    of FAST_IMPLEMENTATIONS that applies and, where the implementation defines ``profitable``,
+    is measured to pay off for the node's shapes."""
     LEVEL = 2
     device = properties.Property(dtype=str, default="cpu", desc="target device (cpu or cuda)")
 
@@ -240,7 +159,8 @@ class ChooseImplementations(Pass):
             impls = registry.implementations(node.schema.name)
             wanted = prefs.get(node.schema.name, ["cuda"] if self.device == "cuda" else [])
             for name in wanted:
-                if name in impls and registry._reason(impls[name], node, state, sdfg) is None:
+                if name in impls and registry._reason(impls[name], node, state, sdfg) is None and \
+                        getattr(impls[name], "profitable", lambda *a: True)(node, state, sdfg):
                     node.implementation = name
                     chosen += 1
                     picks[f"{node.schema.name}->{name}"] = picks.get(f"{node.schema.name}->{name}", 0) + 1
@@ -254,10 +174,31 @@ class ExpandLibraryNodes(Pass):
     """Expands every library node into DaCe-native dataflow (through the registry)."""
     LEVEL = 2
 
+    keep_views = properties.Property(dtype=bool, default=True,
+                                     desc="leave the reshapes that can be views to ReshapesAsViews (level 4)")
+
     def apply(self, sdfg, model=None) -> int:
-        count = sum(1 for _ in _onnx_nodes(sdfg))
-        sdfg.expand_library_nodes(recursive=True)
-        self._detail = f"{count} node(s) expanded"
+        from daceml.transformation.views import can_be_view
+        count = kept = 0
+        for node, state in list(_onnx_nodes(sdfg)):
+            if self.keep_views and can_be_view(state, node):
+                kept += 1
+                continue
+            node.expand(state.sdfg, state)
+            count += 1
+        # what the expansions made: library nodes inside their nested SDFGs, or at the top level
+        changed = True
+        while changed:
+            changed = False
+            for state in sdfg.states():
+                for node in list(state.nodes()):
+                    if isinstance(node, sdnodes.NestedSDFG):
+                        node.sdfg.expand_library_nodes(recursive=True)
+                    elif isinstance(node, sdnodes.LibraryNode) and not (self.keep_views and
+                                                                       can_be_view(state, node)):
+                        node.expand(sdfg, state)
+                        changed = True
+        self._detail = f"{count} node(s) expanded" + (f", {kept} reshape(s) kept for views" if kept else "")
         return count
 
 
@@ -350,18 +291,19 @@ class ReuseTransients(Pass):
 
 
 PASSES = {c.__name__: c for c in (RemoveIdentities, FoldShapeInputs, RemoveDeadNodes, MatMulAddToGemm,
-                                  ChooseImplementations, ExpandLibraryNodes, InlineAndSimplify, FuseMaps,
+                                  FoldBatchNormIntoConv,
+                                  ChooseImplementations, ReshapesAsViews, ExpandLibraryNodes, InlineAndSimplify, FuseMaps,
                                   PersistentTransients, ReuseTransients)}
 
 
 def level_passes(level: int, device: str = "cpu") -> List[Pass]:
     """A fresh list of the passes of ``level``, in order."""
     if level == 1:
-        return [RemoveIdentities(), FoldShapeInputs(), RemoveDeadNodes(), MatMulAddToGemm()]
+        return [RemoveIdentities(), FoldShapeInputs(), RemoveDeadNodes(), MatMulAddToGemm(), FoldBatchNormIntoConv()]
     if level == 2:
         return [ChooseImplementations(device=device), ExpandLibraryNodes()]
     if level == 3:
         return [InlineAndSimplify(), FuseMaps()]
     if level == 4:
-        return [PersistentTransients()]
+        return [ReshapesAsViews(), PersistentTransients()]
     raise ValueError(f"no level {level}; levels are 1..4")

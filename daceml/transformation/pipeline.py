@@ -119,6 +119,7 @@ class _Verifier:
             else:
                 self.inputs[name] = rng.integers(0, 3, shape).astype(dtype)
         self.rtol, self.atol = rtol, atol
+        self.model = model
         self.reference = self.run(sdfg)
 
     def run(self, sdfg: dace.SDFG) -> Dict[str, np.ndarray]:
@@ -126,6 +127,11 @@ class _Verifier:
         from daceml.onnx import dtypes as odt
         program = compiler.compile_sdfg(sdfg)
         arrays: Dict[str, Any] = {k: v.copy() for k, v in self.inputs.items()}
+        if self.model is not None:  # weights that passes added (folded constants, reshape shapes)
+            for onnx_name, value in self.model.weights.items():
+                name = self.model._array(onnx_name)
+                if name not in arrays and name in program.arg_descs:
+                    arrays[name] = np.array(value).reshape(program.arg_descs[name].shape)
         for name in self.outputs:
             desc = sdfg.arrays[name]
             shape = tuple(int(dace.symbolic.evaluate(s, self.symbols)) if dace.symbolic.issymbolic(s) else int(s)

@@ -106,3 +106,37 @@ def test_mkl_is_set_to_the_gnu_openmp_threading_layer():
               "b": rng.standard_normal((32, 16)).astype(np.float32)}
     check(make_model([helper.make_node("MatMul", ["a", "b"], ["y"])], inputs, ["y"]), inputs, "mkl")
     assert os.environ["MKL_THREADING_LAYER"] == "GNU" and cpu.MKL.is_installed()
+
+
+def test_mkl_conv_cases():
+    """2-D convs as GEMMs: 1x1 (straight GEMM), padded, strided, dilated, grouped, with and without bias."""
+    rng = np.random.default_rng(4)
+    f = np.float32
+    cases = {  # name: (x shape, w shape, attributes, bias)
+        "pointwise": ((2, 8, 5, 6), (12, 8, 1, 1), {}, True),
+        "pad3x3": ((2, 4, 7, 7), (6, 4, 3, 3), {"pads": [1, 1, 1, 1]}, True),
+        "stride2": ((1, 3, 9, 8), (5, 3, 3, 3), {"strides": [2, 2], "pads": [1, 0, 1, 2]}, False),
+        "dilated": ((1, 2, 9, 9), (3, 2, 3, 3), {"dilations": [2, 2]}, True),
+        "grouped": ((2, 8, 6, 6), (4, 4, 3, 3), {"group": 2, "pads": [1, 1, 1, 1]}, True),
+        "pointwise_strided": ((1, 4, 6, 6), (3, 4, 1, 1), {"strides": [2, 2]}, False),
+    }
+    nodes, inputs, outputs = [], {}, []
+    for name, (xs, ws, attrs, bias) in cases.items():
+        inputs[f"{name}_x"] = rng.standard_normal(xs).astype(f)
+        inputs[f"{name}_w"] = rng.standard_normal(ws).astype(f)
+        names = [f"{name}_x", f"{name}_w"]
+        if bias:
+            inputs[f"{name}_b"] = rng.standard_normal(ws[0]).astype(f)
+            names.append(f"{name}_b")
+        nodes.append(helper.make_node("Conv", names, [f"{name}_y"], **attrs))
+        outputs.append(f"{name}_y")
+    check(make_model(nodes, inputs, outputs), inputs, "mkl")
+
+
+def test_mkl_conv_leaves_depthwise_to_the_pure_kernel():
+    from daceml.onnx.ops import registry
+    x = np.ones((1, 4, 5, 5), np.float32)
+    w = np.ones((4, 1, 3, 3), np.float32)
+    dm = ONNXModel(make_model([helper.make_node("Conv", ["x", "w"], ["y"], group=4)], {"x": x, "w": w}, ["y"]))
+    (node, state) = [(n, s) for n, s in dm.sdfg.all_nodes_recursive() if isinstance(n, ONNXOp)][0]
+    assert "depthwise" in registry.why_not_all(node, state, dm.sdfg)["mkl"]

@@ -1,7 +1,8 @@
 """Implementations that call BLAS on the CPU (oneMKL or OpenBLAS), selected like cuBLAS on the GPU.
 
 Ops: MatMul (every batch/broadcast/1-D case; an N-D x 2-D product is one GEMM
-over all rows), Gemm (transA/transB/alpha/beta, C broadcast).
+over all rows), Gemm (transA/transB/alpha/beta, C broadcast), Conv (2-D, not depthwise:
+im2col + GEMM, a 1x1 conv straight as a GEMM; ``mkl`` only).
 
 Each expands into one C++ tasklet over whole arrays that calls cblas_sgemm /
 cblas_dgemm (batched MatMuls: one cblas_?gemm_batch_strided call with MKL, a loop
@@ -10,12 +11,13 @@ default on the CPU) and ``blas`` (OpenBLAS). They are chosen by level 2 of the
 pipeline (ChooseImplementations) or per node (``node.implementation = "mkl"``);
 the pure implementations stay the default of an unoptimized import.
 """
+import math
 from typing import List, Sequence
 
 import dace
 
 from daceml.onnx.ops.common import is_one, nested_sdfg
-from daceml.onnx.ops.registry import Implementation, op_implementation
+from daceml.onnx.ops.registry import CheckedImplementation, Implementation, Rejected, op_implementation
 from daceml.targets.cpu import MKL, OpenBLAS
 
 _GEMM = {dace.float32: ("cblas_sgemm", "float"), dace.float64: ("cblas_dgemm", "double")}
@@ -190,3 +192,104 @@ class BlasGemm(_BlasGemm):
 class MklGemm(_BlasGemm):
     """Gemm through oneMKL."""
     environments = [MKL]
+
+
+# --- Conv as GEMM ----------------------------------------------------------------------------------
+
+@op_implementation("Conv", name="mkl")
+class MklConv(CheckedImplementation):
+    """2-D Conv as GEMMs through oneMKL, per image and group: Y[M, OH*OW] = W[M, C*KH*KW] @ col,
+    where col is the image itself for a 1x1 conv with stride 1 and no padding, else its im2col
+    (built in a workspace by a parallel loop). The bias is written into Y first (beta = 1).
+    Depthwise convs (one input channel per group) are left to the pure direct kernel."""
+    environments = [MKL]
+
+    @classmethod
+    def check(cls, node, state, sdfg):
+        from daceml.onnx.ops.conv_pool import _conv_channels, _static, window
+        if not MKL.is_installed():
+            raise Rejected(_MISSING[MKL])
+        conns = node.input_connectors()
+        dtypes = {node.in_desc(state, sdfg, c).dtype for c in conns}
+        if len(dtypes) != 1 or next(iter(dtypes)) not in _GEMM:
+            raise Rejected(f"inputs are {sorted(map(str, dtypes))}; the BLAS conv takes float32 or float64 (all alike)")
+        x, w, y = node.in_desc(state, sdfg, "X"), node.in_desc(state, sdfg, "W"), node.out_desc(state, sdfg, "Y")
+        if len(x.shape) != 4 or len(w.shape) != 4:
+            raise Rejected(f"input X has rank {len(x.shape)}; the BLAS conv takes 2-D images (N, C, H, W)")
+        c, m, group = _conv_channels(node, state, sdfg, x.shape, w.shape, transposed=False)
+        if group > 1 and c // group == 1:
+            raise Rejected("depthwise conv (one input channel per group): the pure direct kernel is faster")
+        win = window(node, x.shape, y.shape, _static(w.shape[2:], "kernel shape"))
+        return win, c, m, group
+
+    @classmethod
+    def profitable(cls, node, state, sdfg) -> bool:
+        """Where the GEMM beats the pure direct kernel (`python examples/conv_kernels.py`, 1 thread):
+        1x1 convs with at least 64 input channels per group, and other convs with a long reduction
+        (>= 256) over a small output plane (<= 1024 positions; im2col of large planes costs more
+        than it saves)."""
+        win, c, m, group = cls.checked(node, state, sdfg)
+        k = (c // group) * math.prod(win.kernel)
+        pointwise = win.kernel == [1, 1] and win.strides == [1, 1] and not any(win.pads_begin + win.pads_end)
+        if pointwise:
+            return c // group >= 64
+        return k >= 256 and math.prod(win.outs) <= 1024
+
+    @classmethod
+    def expansion(cls, node, state, sdfg):
+        from daceml.onnx.ops.common import nested_sdfg
+        win, c, m, group = cls.checked(node, state, sdfg)
+        nsdfg, nstate, descs = nested_sdfg(node, state, sdfg, suffix="mkl")
+        x = descs["X"]
+        gemm, T = _GEMM[x.dtype]
+        (h, wd), (oh, ow), (kh, kw) = win.ins, win.outs, win.kernel
+        (sh, sw), (dh, dw), (ph, pw) = win.strides, win.dilations, win.pads_begin
+        hw, k = oh * ow, (c // group) * kh * kw
+        cg, mg = c // group, m // group
+        pointwise = (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0) and not any(win.pads_end)
+        has_bias = "B" in node.in_connectors
+        batch = _c(x.shape[0])
+        code = [f"for (long long __n = 0; __n < {batch}; ++__n) {{",
+                f"  const {T}* __xn = _X + __n * {c * h * wd};",
+                f"  {T}* __yn = _out + __n * {m * hw};"]
+        if pointwise:
+            code.append(f"  const {T}* __col = __xn;")
+        else:
+            code += [
+                "  #pragma omp parallel for",
+                f"  for (int __r = 0; __r < {c * kh * kw}; ++__r) {{",
+                f"    const int __c = __r / {kh * kw}, __kh = (__r / {kw}) % {kh}, __kw = __r % {kw};",
+                f"    {T}* __d = _col + (long long)__r * {hw};",
+                f"    for (int __oh = 0; __oh < {oh}; ++__oh, __d += {ow}) {{",
+                f"      const int __ih = __oh * {sh} - {ph} + __kh * {dh};",
+                f"      if (__ih < 0 || __ih >= {h}) {{ for (int __ow = 0; __ow < {ow}; ++__ow) __d[__ow] = 0; continue; }}",
+                f"      const {T}* __s = __xn + ((long long)__c * {h} + __ih) * {wd};",
+                f"      for (int __ow = 0; __ow < {ow}; ++__ow) {{",
+                f"        const int __iw = __ow * {sw} - {pw} + __kw * {dw};",
+                f"        __d[__ow] = (__iw >= 0 && __iw < {wd}) ? __s[__iw] : ({T})0;",
+                "      }", "    }", "  }",
+                f"  const {T}* __col = _col;"]
+        if has_bias:
+            code += ["  #pragma omp parallel for",
+                     f"  for (int __m = 0; __m < {m}; ++__m)",
+                     f"    for (int __i = 0; __i < {hw}; ++__i) __yn[(long long)__m * {hw} + __i] = _B[__m];"]
+        code += [f"  for (int __g = 0; __g < {group}; ++__g)",
+                 f"    {gemm}(CblasRowMajor, CblasNoTrans, CblasNoTrans, {mg}, {hw}, {k}, ({T})1, "
+                 f"_W + (long long)__g * {mg * k}, {k}, __col + (long long)__g * {cg * hw if pointwise else k * hw}, "
+                 f"{hw}, ({T}){1 if has_bias else 0}, __yn + (long long)__g * {mg * hw}, {hw});",
+                 "}"]
+        ins = node.input_connectors()
+        in_types = {f"_{c_}": dace.pointer(descs[c_].dtype) for c_ in ins}
+        out_types = {"_out": dace.pointer(descs["Y"].dtype)}
+        if not pointwise:
+            nsdfg.add_transient("col", (c * kh * kw, hw), x.dtype, storage=dace.StorageType.CPU_Heap)
+            out_types["_col"] = dace.pointer(x.dtype)
+        tasklet = nstate.add_tasklet(f"{node.label}_conv_gemm", in_types, out_types, "\n".join(code),
+                                     language=dace.Language.CPP)
+        for c_ in ins:
+            nstate.add_edge(nstate.add_read(c_), None, tasklet, f"_{c_}", dace.Memlet.from_array(c_, descs[c_]))
+        nstate.add_edge(tasklet, "_out", nstate.add_write("Y"), None, dace.Memlet.from_array("Y", descs["Y"]))
+        if not pointwise:
+            nstate.add_edge(tasklet, "_col", nstate.add_write("col"), None,
+                            dace.Memlet.from_array("col", nsdfg.arrays["col"]))
+        return nsdfg

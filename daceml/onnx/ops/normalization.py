@@ -142,11 +142,18 @@ const float {out} = {out}_a < -87.33654f ? 0.0f : {out}_p * {out}_u.f;
 
 def _vector_softmax_code(kind: str, n: str) -> str:
     """Softmax / LogSoftmax of a contiguous float row of ``n`` elements with explicit SIMD
-    vectors (GCC/Clang vector extensions), so it vectorizes at any optimization level."""
-    lanes = 8
+    vectors (GCC/Clang vector extensions, as wide as the target's: 16 floats with AVX-512),
+    so it vectorizes at any optimization level."""
+    lanes = "__L"  # 16 lanes with AVX-512, else 8
     load = "__builtin_memcpy(&__a, __x + __j, sizeof(__vt));"
-    code = f"""typedef float __vt __attribute__((vector_size({lanes * 4})));
-typedef int __vi __attribute__((vector_size({lanes * 4})));
+    code = f"""#if defined(__AVX512F__)
+typedef float __vt __attribute__((vector_size(64)));
+typedef int __vi __attribute__((vector_size(64)));
+#else
+typedef float __vt __attribute__((vector_size(32)));
+typedef int __vi __attribute__((vector_size(32)));
+#endif
+const int __L = (int)(sizeof(__vt) / sizeof(float));
 const long long __nv = {n} / {lanes} * {lanes};
 const float __inf = std::numeric_limits<float>::infinity();
 __vt __mv = __vt{{}} - __inf;

@@ -64,14 +64,18 @@ def _compute_type(dtype: dace.typeclass) -> str:
     return "float" if dtype == dace.float16 else dtype.ctype
 
 
-def _loops(counters: Sequence[str], sizes: Sequence, body: str, reverse: bool = False) -> str:
-    """Nested C++ for loops over ``sizes`` around ``body``."""
+def _loops(counters: Sequence[str], sizes: Sequence, body: str, reverse: bool = False, simd_sum: str = "") -> str:
+    """Nested C++ for loops over ``sizes`` around ``body``. ``simd_sum`` names a variable the body
+    only adds to: the innermost loop is then an OpenMP SIMD reduction over it (vectorized; the
+    additions are reordered, as in every vectorized or parallel sum)."""
     code = body
-    for counter, size in reversed(list(zip(counters, sizes))):
+    for i, (counter, size) in enumerate(reversed(list(zip(counters, sizes)))):
         if reverse:
             head = f"for (int64_t {counter} = {cpp(size)} - 1; {counter} >= 0; --{counter})"
         else:
             head = f"for (int64_t {counter} = 0; {counter} < {cpp(size)}; ++{counter})"
+        if i == 0 and simd_sum:
+            head = f"#pragma omp simd reduction(+:{simd_sum})\n{head}"
         code = f"{head} {{\n{code}\n}}"
     return code
 
@@ -276,7 +280,8 @@ def _expand_reduce(node, state, sdfg) -> dace.SDFG:
     if node.schema.name == "ReduceLogSumExp":
         code += [f"{_compute_type(dtype)} m = {_limit(dtype, True)};",
                  _loops(counters, sizes, f"{read}\n{_NAN_MAX.replace('acc', 'm')}")]
-    code += [f"{acc_type} acc = {fill(spec.init)};", _loops(counters, sizes, f"{read}\n{fill(spec.step)}"),
+    simd = "acc" if spec.step.startswith("acc += ") else ""
+    code += [f"{acc_type} acc = {fill(spec.init)};", _loops(counters, sizes, f"{read}\n{fill(spec.step)}", simd_sum=simd),
              f"{_output(out_desc.dtype)} = {_write(out_desc.dtype, fill(spec.result))};"]
     tasklet, _, _ = add_cpp_map(nstate, f"{node.label}_{node.schema.name}", ranges,
                                 {"__in": dace.Memlet(f"data[{subset}]")},

@@ -1,0 +1,57 @@
+"""Conv kernels side by side: daceml's pure direct kernel, daceml's oneMKL GEMM conv (im2col + GEMM,
+1x1 straight as a GEMM) and PyTorch (oneDNN), on ResNet-50 and EfficientNet shapes, one thread.
+
+usage: python examples/conv_kernels.py
+
+The measurement behind ``MklConv.profitable`` (daceml/onnx/ops/blas.py).
+"""
+import os
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+import statistics  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from onnx import helper  # noqa: E402
+
+from daceml.onnx import ONNXModel  # noqa: E402
+from daceml.onnx.nodes import ONNXOp  # noqa: E402
+from daceml.testing.onnx_compare import make_model  # noqa: E402
+
+torch.set_num_threads(1)
+#: (input shape, weight shape, stride, padding)
+CASES = [((1, 64, 56, 56), (64, 64, 3, 3), 1, 1), ((1, 64, 56, 56), (256, 64, 1, 1), 1, 0),
+         ((1, 3, 224, 224), (64, 3, 7, 7), 2, 3), ((1, 256, 14, 14), (256, 256, 3, 3), 1, 1),
+         ((8, 24, 56, 56), (144, 24, 1, 1), 1, 0), ((8, 144, 56, 56), (24, 144, 1, 1), 1, 0)]
+
+
+def median_ms(fn, repeat=10):
+    fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1000 * statistics.median(times)
+
+
+def main():
+    rng = np.random.default_rng(0)
+    for xs, ws, s, p in CASES:
+        x = rng.standard_normal(xs).astype(np.float32)
+        w = rng.standard_normal(ws).astype(np.float32)
+        row = []
+        for impl in ("pure", "mkl"):
+            model = ONNXModel(make_model([helper.make_node("Conv", ["x", "w"], ["y"], strides=[s, s], pads=[p] * 4)],
+                                         {"x": x, "w": w}, ["y"]))
+            for n, _ in model.sdfg.all_nodes_recursive():
+                if isinstance(n, ONNXOp):
+                    n.implementation = impl
+            row.append(median_ms(lambda model=model, x=x, w=w: model(x=x, w=w)))
+        tx, tw = torch.from_numpy(x), torch.from_numpy(w)
+        row.append(median_ms(lambda tx=tx, tw=tw, s=s, p=p: torch.nn.functional.conv2d(tx, tw, stride=s, padding=p)))
+        print(f"x {xs} w {ws} stride {s} pad {p}: pure {row[0]:.2f} ms, mkl {row[1]:.2f} ms, torch {row[2]:.2f} ms")
+
+
+if __name__ == "__main__":
+    main()

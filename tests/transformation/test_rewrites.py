@@ -1,0 +1,72 @@
+"""The graph rewrites and copy elimination on their own: each changes the graph as described and
+keeps results (``verify=True`` compiles and compares before and after every pass)."""
+import numpy as np
+from onnx import helper
+
+from daceml.onnx import ONNXModel
+from daceml.onnx.nodes import ONNXOp
+from daceml.testing.onnx_compare import make_model, run_onnxruntime
+from daceml.transformation import optimize
+
+
+def _ops(model):
+    return sorted(n.schema.name for n, _ in model.sdfg.all_nodes_recursive() if isinstance(n, ONNXOp))
+
+
+def _linear_model():
+    """The exported form of nn.Linear on a 3-D input: Transpose(W), MatMul, Add(bias), then a
+    reshape of the result; and a linear layer without bias on a 2-D input."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 8)).astype(np.float32)
+    inits = {"w": rng.standard_normal((6, 8)).astype(np.float32), "b": rng.standard_normal(6).astype(np.float32),
+             "w2": rng.standard_normal((4, 18)).astype(np.float32), "shape": np.array([2, 18], np.int64)}
+    nodes = [helper.make_node("Transpose", ["w"], ["wt"], perm=[1, 0]), helper.make_node("MatMul", ["x", "wt"], ["mm"]),
+             helper.make_node("Add", ["mm", "b"], ["lin"]), helper.make_node("Relu", ["lin"], ["r"]),
+             helper.make_node("Reshape", ["r", "shape"], ["flat"]),
+             helper.make_node("Transpose", ["w2"], ["w2t"], perm=[1, 0]), helper.make_node("MatMul", ["flat", "w2t"], ["y"])]
+    return make_model(nodes, {"x": x}, ["y"], inits), x
+
+
+def test_linear_layers_become_gemms_reading_the_weight_in_place():
+    model, x = _linear_model()
+    expected = run_onnxruntime(model, {"x": x})[0]
+    dm = ONNXModel(model)
+    report = optimize(dm, level=1, verify=True)
+    assert report.first_changing_pass is None
+    ops = _ops(dm)
+    assert "Transpose" not in ops and "MatMul" not in ops and ops.count("Gemm") == 2
+    gemms = [n for n, _ in dm.sdfg.all_nodes_recursive() if isinstance(n, ONNXOp) and n.schema.name == "Gemm"]
+    assert all(g.transB == 1 for g in gemms)
+    assert sorted(len(g.in_connectors) for g in gemms) == [2, 3]  # the bias became C where there was one
+    np.testing.assert_allclose(dm(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_reshapes_become_views_without_copies():
+    model, x = _linear_model()
+    expected = run_onnxruntime(model, {"x": x})[0]
+    dm = ONNXModel(model)
+    report = optimize(dm, level=4, verify=True)
+    views = next(p for p in report.passes if p.name == "ReshapesAsViews")
+    assert views.changes == 3, views.detail  # flatten + unflatten of the 3-D Gemm, and the user's Reshape
+    assert not any("copy" in str(n) for n, _ in dm.sdfg.all_nodes_recursive())
+    np.testing.assert_allclose(dm(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_batch_norm_folds_into_the_conv_before_it():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 3, 6, 6)).astype(np.float32)
+    inits = {"w": rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "cb": rng.standard_normal(4).astype(np.float32),
+             "scale": rng.uniform(0.5, 2, 4).astype(np.float32), "bias": rng.standard_normal(4).astype(np.float32),
+             "mean": rng.standard_normal(4).astype(np.float32), "var": rng.uniform(0.5, 2, 4).astype(np.float32)}
+    nodes = [helper.make_node("Conv", ["x", "w", "cb"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["c", "scale", "bias", "mean", "var"], ["bn"], epsilon=1e-3),
+             helper.make_node("Conv", ["bn", "w2"], ["c2"]),  # no bias
+             helper.make_node("BatchNormalization", ["c2", "scale", "bias", "mean", "var"], ["y"])]
+    inits["w2"] = rng.standard_normal((4, 4, 1, 1)).astype(np.float32)
+    model = make_model(nodes, {"x": x}, ["y"], inits)
+    expected = run_onnxruntime(model, {"x": x})[0]
+    dm = ONNXModel(model)
+    report = optimize(dm, level=1, verify=True)
+    assert report.first_changing_pass is None
+    assert "BatchNormalization" not in _ops(dm) and _ops(dm).count("Conv") == 2
+    np.testing.assert_allclose(dm(x), expected, rtol=1e-4, atol=1e-4)
