@@ -2,7 +2,8 @@
 
     python -m daceml.analysis.profile WORKLOAD [--rounds 5] [--top 25]
 
-profiles one workload of the benchmark suite (``daceml.bench``) after the whole pipeline;
+profiles one workload of the benchmark suite (``daceml.bench``) after the whole pipeline (a
+``*_train`` workload: its forward and backward programs, on random arguments);
 :func:`node_times` does it for any SDFG and arguments (the GUI's per-node overlay uses it).
 The instrumented build is a copy: the SDFG given is not changed.
 """
@@ -126,17 +127,42 @@ def profile_workload(name: str, rounds: int = 5) -> Tuple[dace.SDFG, List[Tuple[
     return sdfg, rows
 
 
+def profile_training(name: str, rounds: int = 3) -> Dict[str, List[Tuple[str, float]]]:
+    """Per-node times of the forward and backward programs of a training workload (random
+    arguments; weights and inputs real for the forward program)."""
+    import torch
+    from daceml import bench
+    from daceml.torch import DaceModule
+    workloads = {w.name: w for w in bench._workloads()}
+    module, inputs = workloads[name].make()
+    dm = DaceModule(module, name=f"profile_{name}")
+    bench._train_step(dm, inputs)()
+    programs = dm.onnx_model.__dict__["_daceml_training_programs"]
+    program = next(iter(programs.values()))
+    result: Dict[str, List[Tuple[str, float]]] = {}
+    for sdfg in (program.result.forward_sdfg, program.result.backward_sdfg):
+        args = random_arguments(sdfg, {})
+        times = node_times(sdfg, args, rounds=rounds)
+        result[sdfg.name] = sorted(((describe(sdfg, k), t) for k, t in times.items()), key=lambda r: -r[1])
+    del torch
+    return result
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m daceml.analysis.profile", description=__doc__.splitlines()[0])
     parser.add_argument("workload")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--top", type=int, default=25)
     ns = parser.parse_args(argv)
-    _, rows = profile_workload(ns.workload, ns.rounds)
-    total = sum(t for _, t in rows)
-    print(f"{ns.workload}: {total:.2f} ms in {len(rows)} top-level nodes (sum of medians)")
-    for label, t in rows[:ns.top]:
-        print(f"{t:9.3f} ms {100 * t / total:5.1f}%  {label[:150]}")
+    if ns.workload.endswith("_train"):
+        tables = profile_training(ns.workload, ns.rounds)
+    else:
+        tables = {ns.workload: profile_workload(ns.workload, ns.rounds)[1]}
+    for title, rows in tables.items():
+        total = sum(t for _, t in rows)
+        print(f"{title}: {total:.2f} ms in {len(rows)} top-level nodes (sum of medians)")
+        for label, t in rows[:ns.top]:
+            print(f"{t:9.3f} ms {100 * t / total:5.1f}%  {label[:150]}")
     return 0
 
 

@@ -107,6 +107,17 @@ def _same_size(a, b, na: str, nb: str) -> None:
         raise ValueError(f"arrays {na!r} {tuple(a.shape)} and {nb!r} {tuple(b.shape)} differ in size")
 
 
+#: columns per task of a reduction over leading dims
+_BLOCK = 64
+
+
+def _product(sizes: Sequence):
+    result = 1
+    for s in sizes:
+        result = result * s
+    return result
+
+
 def reduce_to(bp, src: str, dst: str, scale: Optional[float], name: str, as_shape: Optional[Sequence] = None) -> None:
     """``dst = scale * src`` summed over the dims along which ``dst`` broadcasts to
     ``src`` (numpy broadcasting: leading dims, and dims of size 1 in ``dst``). ``as_shape``:
@@ -136,9 +147,28 @@ def reduce_to(bp, src: str, dst: str, scale: Optional[float], name: str, as_shap
             if symbolic.simplify(ds[k] - size) != 0:
                 raise ValueError(f"{dst!r} {tuple(dd.shape)} does not broadcast to {src!r} {tuple(ss)}")
             src_idx.append(params[k])
-    ranges = {p: f"0:{s}" for p, s in zip(params, ds)}
     T = ctype(dd.dtype)
     factor = "" if scale is None or scale == 1 else f" * {float(scale)!r}"
+    leading_only = loops and all(v.startswith("__r") and int(v[3:]) < off for v, _ in loops)
+    if leading_only and list(sd.strides) == row_major(ss) and dstrides == row_major(ds):
+        # a bias gradient (sum over the leading dims): rows outside, a block of columns inside
+        # (contiguous, vectorized); the column-by-column walk would stride through memory
+        rows = cpp(_product(ss[:off]))
+        cols = cpp(_product(ds))
+        code = (f"const long long __c0 = __b * {_BLOCK};\n"
+                f"const long long __w = {cols} - __c0 < {_BLOCK} ? {cols} - __c0 : {_BLOCK};\n"
+                f"double __acc[{_BLOCK}] = {{0}};\n"
+                f"for (long long __r = 0; __r < {rows}; ++__r) {{\n"
+                f"  const {ctype(sd.dtype)}* __row = __in + __r * {cols} + __c0;\n"
+                "  #pragma omp simd\n"
+                "  for (long long __j = 0; __j < __w; ++__j) __acc[__j] += __row[__j];\n"
+                "}\n"
+                f"for (long long __j = 0; __j < __w; ++__j) __out[__c0 + __j] = ({T})(__acc[__j]{factor});")
+        total = _product(ds)
+        blocks = -(-int(total) // _BLOCK) if not symbolic.issymbolic(total) else f"int_ceil({cols}, {_BLOCK})"
+        array_kernel(bp, name, {"__b": f"0:{blocks}"}, {"__in": src}, {"__out": dst}, code)
+        return
+    ranges = {p: f"0:{s}" for p, s in zip(params, ds)}
     src_at = offset(sd.strides, src_idx)
     dst_at = offset(dstrides, params)
     if not loops:

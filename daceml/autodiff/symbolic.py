@@ -217,6 +217,21 @@ def derivative(expr: sp.Expr, symbol: sp.Symbol) -> sp.Expr:
 
 
 class _Printer(CXX11CodePrinter):
+    #: print constants as float literals (a float32 derivative computed in float, vectorized)
+    single = False
+
+    def _literal(self, value: float) -> str:
+        return f"{value!r}f" if self.single and math.isfinite(value) else repr(value)
+
+    def _print_Integer(self, expr):
+        return f"{int(expr)}.0f" if self.single and abs(int(expr)) < 2**24 else super()._print_Integer(expr)
+
+    def _print_Pow(self, expr):
+        base, exp = expr.args
+        if exp.is_Integer and 2 <= int(exp) <= 4:  # a product: exact, and no pow() call
+            b = self.parenthesize(base, 1000)
+            return "(" + "*".join([b] * int(exp)) + ")"
+        return super()._print_Pow(expr)
 
     def _print_Function(self, expr):
         cxx = getattr(type(expr), "_cxx", None)
@@ -225,17 +240,17 @@ class _Printer(CXX11CodePrinter):
         return super()._print_Function(expr)
 
     def _print_Float(self, expr):
-        return repr(float(expr))
+        return self._literal(float(expr))
 
     def _print_Pi(self, expr):
-        return repr(math.pi)
+        return self._literal(math.pi)
 
     def _print_Exp1(self, expr):
-        return repr(math.e)
+        return self._literal(math.e)
 
     def _print_sign(self, expr):
         x = self._print(expr.args[0])
-        return f"(double)(({x} > 0) - ({x} < 0))"
+        return f"({'float' if self.single else 'double'})(({x} > 0) - ({x} < 0))"
 
     def _print_Infinity(self, expr):
         return "__builtin_inf()"
@@ -244,7 +259,8 @@ class _Printer(CXX11CodePrinter):
         return "(-__builtin_inf())"
 
     def _print_Rational(self, expr):
-        return f"({expr.p}.0 / {expr.q}.0)"
+        suffix = "f" if self.single else ""
+        return f"({expr.p}.0{suffix} / {expr.q}.0{suffix})"
 
     def _print_BooleanTrue(self, expr):
         return "true"
@@ -253,7 +269,11 @@ class _Printer(CXX11CodePrinter):
         return "false"
 
 
-def to_cpp(expr: sp.Expr) -> str:
-    """C++ text of ``expr`` (Piecewise as nested ``?:``, constants as double literals)."""
+def to_cpp(expr: sp.Expr, single: bool = False) -> str:
+    """C++ text of ``expr`` (Piecewise as nested ``?:``, constants as double literals, or as
+    float literals with ``single``: then a float expression stays float, as PyTorch computes
+    float32 gradients)."""
     expr = expr.subs({sp.sqrt(2): sp.Float(math.sqrt(2), 17), sp.pi: sp.Float(math.pi, 17)})
-    return " ".join(_Printer().doprint(expr).split())
+    printer = _Printer()
+    printer.single = single
+    return " ".join(printer.doprint(expr).split())

@@ -13,6 +13,7 @@ from dace.sdfg import nodes as sdnodes
 
 from daceml.transformation.base import Pass, _onnx_nodes, _single_consumer  # noqa: F401 (re-exported)
 from daceml.transformation.conv_bn import FoldBatchNormIntoConv
+from daceml.transformation.eliminate import EliminateLayoutOps
 from daceml.transformation.linear import MatMulAddToGemm
 from daceml.transformation.views import ReshapesAsViews
 
@@ -291,7 +292,7 @@ class ReuseTransients(Pass):
 
 
 PASSES = {c.__name__: c for c in (RemoveIdentities, FoldShapeInputs, RemoveDeadNodes, MatMulAddToGemm,
-                                  FoldBatchNormIntoConv,
+                                  FoldBatchNormIntoConv, EliminateLayoutOps,
                                   ChooseImplementations, ReshapesAsViews, ExpandLibraryNodes, InlineAndSimplify, FuseMaps,
                                   PersistentTransients, ReuseTransients)}
 
@@ -299,7 +300,8 @@ PASSES = {c.__name__: c for c in (RemoveIdentities, FoldShapeInputs, RemoveDeadN
 def level_passes(level: int, device: str = "cpu") -> List[Pass]:
     """A fresh list of the passes of ``level``, in order."""
     if level == 1:
-        return [RemoveIdentities(), FoldShapeInputs(), RemoveDeadNodes(), MatMulAddToGemm(), FoldBatchNormIntoConv()]
+        return [RemoveIdentities(), FoldShapeInputs(), RemoveDeadNodes(), EliminateLayoutOps(), MatMulAddToGemm(),
+                FoldBatchNormIntoConv()]
     if level == 2:
         return [ChooseImplementations(device=device), ExpandLibraryNodes()]
     if level == 3:

@@ -48,3 +48,20 @@ def test_mlp_ops_float64():
                 torch.where(wc, y3, sp)]
 
     check_against_torch(proto, inputs, [k for k in inputs if k != "wc"], reference)
+
+
+def test_float32_gradients_and_bias_sums_over_many_rows():
+    """float32 derivatives are computed in float (vectorized) and bias gradients are summed over the
+    leading dims in column blocks (130 columns: two full blocks and a partial one)."""
+    rng = np.random.default_rng(3)
+    f = np.float32
+    inputs = {"x": rng.standard_normal((3, 50, 24)).astype(f), "w": rng.standard_normal((24, 130)).astype(f),
+              "b": rng.standard_normal(130).astype(f)}
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["mm"]), helper.make_node("Add", ["mm", "b"], ["h"]),
+             helper.make_node("Gelu", ["h"], ["g"]), helper.make_node("Sigmoid", ["g"], ["y"])]
+    proto = make_model(nodes, inputs, ["y"])
+
+    def reference(x, w, b):
+        return [torch.sigmoid(F.gelu(x @ w + b))]
+
+    check_against_torch(proto, inputs, list(inputs), reference, rtol=1e-4, atol=1e-5)

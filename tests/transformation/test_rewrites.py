@@ -70,3 +70,23 @@ def test_batch_norm_folds_into_the_conv_before_it():
     assert report.first_changing_pass is None
     assert "BatchNormalization" not in _ops(dm) and _ops(dm).count("Conv") == 2
     np.testing.assert_allclose(dm(x), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_layout_chains_merge_and_identities_go():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
+    inits = {"s1": np.array([6, 20], np.int64), "s2": np.array([2, 60], np.int64)}
+    nodes = [helper.make_node("Transpose", ["x"], ["t1"], perm=[0, 2, 1, 3]),
+             helper.make_node("Transpose", ["t1"], ["t2"], perm=[0, 1, 3, 2]),  # merged into one
+             helper.make_node("Cast", ["t2"], ["c"], to=1),  # float -> float: removed
+             helper.make_node("Transpose", ["c"], ["t3"], perm=[0, 1, 2, 3]),  # identity: removed
+             helper.make_node("Reshape", ["t3", "s1"], ["r1"]),
+             helper.make_node("Reshape", ["r1", "s2"], ["r2"]),  # merged into one
+             helper.make_node("Relu", ["r2"], ["y"])]
+    model = make_model(nodes, {"x": x}, ["y"], inits)
+    expected = run_onnxruntime(model, {"x": x})[0]
+    dm = ONNXModel(model)
+    report = optimize(dm, level=1, verify=True)
+    assert report.first_changing_pass is None
+    assert _ops(dm) == ["Relu", "Reshape", "Transpose"], _ops(dm)
+    np.testing.assert_allclose(dm(x), expected)

@@ -264,7 +264,11 @@ class ElementwiseGradient(GradientRule):
                     inputs[name] = dace.Memlet(f"{ctx.value(c)}[{at}]")
                 else:
                     raise ValueError(f"{node.describe()}: derivative uses unknown symbol {name}")
-            code = f"__d = ({dtype.ctype})((double)__g * ({symbolic.to_cpp(d)}));"
+            single = dtype == dace.float32 and all(ctx.desc(c).dtype == dace.float32 for c in node.in_connectors)
+            if single:  # float math, like the forward kernel: vectorizes at full width
+                code = f"__d = __g * ({symbolic.to_cpp(d, single=True)});"
+            else:
+                code = f"__d = ({dtype.ctype})((double)__g * ({symbolic.to_cpp(d)}));"
             ctx.mapped(f"d{conn}", ranges, inputs, {"__d": dace.Memlet(f"{target}[{at}]")}, code)
             if not same:
                 ctx.reduce_to(target, ctx.input_grad(conn))
