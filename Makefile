@@ -11,7 +11,7 @@ INSTALL_HASH := $(shell cat requirements.txt setup.py csrc/*.cpp scripts/system_
 STAMP  := $(VENV)/.daceml-installed-$(INSTALL_HASH)
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup run test test-all bench conformance clean-cache
+.PHONY: setup run test test-all bench conformance clean-cache wheels
 
 setup: $(STAMP)
 
@@ -40,6 +40,11 @@ bench: setup
 
 conformance: setup
 	$(PY) -m daceml.onnx.conformance --jobs 2 --with-fallback --out reports
+
+# wheels of daceml (pure Python), dace and their dependencies for a GPU machine (Python 3.12, no
+# network): dist/wheels; scripts/gpu_check.sh installs and runs them there
+wheels: setup
+	bash scripts/make_wheels.sh dist/wheels
 
 clean-cache:
 	rm -rf $${DACEML_CACHE_DIR:-$$HOME/.cache/daceml}

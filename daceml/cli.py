@@ -4,6 +4,7 @@
     daceml run MODEL.onnx [--dim N=4]    run on random inputs, compare with onnxruntime, time it
     daceml report MODEL.onnx             bytes moved per lowering level, lower bound, roofline position
     daceml bench [--only REGEX]          the CPU benchmark suite, report in reports/bench.md
+    daceml bench --device cuda [--dry-run]   the GPU benchmark, report in reports/gpu_bench.md
     daceml ops                           which implementations each ONNX op has
     daceml gui MODEL [--port N] [--no-browser]   the browser GUI (MODEL: .onnx or file.py:ModuleClass)
     daceml conformance [--only REGEX]    the ONNX node conformance suite, report in reports/
@@ -102,6 +103,23 @@ def cmd_ops(args) -> int:
     return 0
 
 
+def _bench_module(rest: List[str]) -> str:
+    """daceml.bench (CPU) or, with ``--device cuda``, daceml.bench_gpu."""
+    for i, arg in enumerate(rest):
+        value = arg.split("=", 1)[1] if arg.startswith("--device=") else \
+            rest[i + 1] if arg == "--device" and i + 1 < len(rest) else None
+        if value is not None:
+            if value.startswith("cuda"):
+                return "daceml.bench_gpu"
+            if value != "cpu":
+                raise SystemExit(f"daceml bench: --device {value!r}: expected cpu or cuda")
+            rest.pop(i)
+            if arg == "--device":
+                rest.pop(i)
+            return "daceml.bench"
+    return "daceml.bench"
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="daceml", description="data-centric DNN compiler")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what daceml does")
@@ -119,10 +137,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                        add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=lambda a: __import__("daceml.onnx.conformance", fromlist=["main"]).main(a.rest))
-    p = sub.add_parser("bench", help="the CPU benchmark suite against eager, torch.compile and onnxruntime",
-                       add_help=False)
+    p = sub.add_parser("bench", help="the CPU benchmark suite against eager, torch.compile and onnxruntime "
+                       "(--device cuda: the GPU benchmark)", add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=lambda a: __import__("daceml.bench", fromlist=["main"]).main(a.rest))
+    p.set_defaults(func=lambda a: __import__(_bench_module(a.rest), fromlist=["main"]).main(a.rest))
     p = sub.add_parser("report", help="bytes moved per lowering level, lower bound, roofline position")
     p.add_argument("model")
     p.add_argument("--dim", action="append", default=[], help="size of a symbolic dim, NAME=SIZE")
