@@ -47,6 +47,8 @@ FLOAT_TYPES = (dace.float16, dace.float32, dace.float64)
 #: ops besides the elementwise ones whose outputs ``recompute=True`` recomputes in the
 #: backward pass instead of storing them (when their inputs are available there anyway)
 RECOMPUTABLE = {"Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Cast"}
+#: ops whose outputs are views of their inputs after optimization: always recomputed
+VIEWS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze"}
 
 
 class AutodiffError(DacemlError, ValueError):
@@ -380,7 +382,7 @@ class _BackwardPass:
             differentiated.append(op.label)
         for i in self.inputs:
             self.finalize(i)
-        recomputed = self._recompute() if self.recompute and self.separate else []
+        recomputed = self._recompute(views_only=not self.recompute) if self.separate else []
         stored = []
         if self.separate:
             for a in self.saved:
@@ -434,10 +436,15 @@ class _BackwardPass:
 
     # --- store or recompute ----------------------------------------------------------------------
 
-    def _recompute(self) -> List[str]:
+    def _recompute(self, views_only: bool = False) -> List[str]:
         """Recomputes, in the backward state, stored forward transients that an elementwise
         or data-movement node (:data:`RECOMPUTABLE`) computes from values stored anyway or
-        from non-transient ones (inputs, weights): the store gets smaller, never larger."""
+        from non-transient ones (inputs, weights): the store gets smaller, never larger.
+
+        Reshapes (:data:`VIEWS`) are recomputed always (``views_only`` when ``recompute`` is
+        off), also from an input not stored yet, which is then stored in their place (the same
+        bytes): a reshape of a stored value is a free view, while storing the reshape's output
+        would make it a copy in the forward program."""
         from daceml.autodiff.rules.elementwise import forward_expression
         recomputed: List[str] = []
         changed = True
@@ -450,12 +457,15 @@ class _BackwardPass:
                 if isinstance(op, _Copy) or (forward_expression(op.schema.name) is None and
                                              op.schema.name not in RECOMPUTABLE):
                     continue
+                view = op.schema.name in VIEWS
+                if views_only and not view:
+                    continue
                 if len(self.op_outputs(op)) != 1:
                     continue
                 ins = [x for _, x in self.op_inputs(op)]
                 if any(x in recomputed for x in ins):
                     continue  # keep chains short: recompute from stored values only
-                if not all(x in self.saved or not self.fsdfg.arrays[x].transient for x in ins):
+                if not view and not all(x in self.saved or not self.fsdfg.arrays[x].transient for x in ins):
                     continue
                 self._emit_recompute(op, a)
                 recomputed.append(a)

@@ -61,14 +61,17 @@ def array_kernel(bp, name: str, ranges: Dict[str, str], inputs: Dict[str, str], 
 
 def element_kernel(bp, name: str, ranges: Dict[str, str], inputs: Dict[str, dace.Memlet],
                    outputs: Dict[str, dace.Memlet], code: str):
-    """A parallel map around a C++ tasklet whose connectors are elements (memlets given)."""
+    """A parallel map around a C++ tasklet whose connectors are elements (memlets given),
+    parallel over all dims but the innermost."""
     state = bp.bstate
     input_nodes = {m.data: bp.read(m.data) for m in inputs.values()}
     output_nodes = {m.data: bp.write(m.data) for m in outputs.values()}
     tasklet, entry, _ = state.add_mapped_tasklet(name, ranges, inputs=inputs, code=code, outputs=outputs,
                                                  language=dace.Language.CPP, external_edges=True,
                                                  input_nodes=input_nodes, output_nodes=output_nodes)
-    entry.map.collapse = max(1, len(ranges))
+    # OpenMP over the outer dims; the innermost loop stays a plain loop the compiler vectorizes
+    # (collapsing it too would compute every index with divisions)
+    entry.map.collapse = max(1, len(ranges) - 1)
     return tasklet
 
 

@@ -435,7 +435,7 @@ def expand_elementwise(node, state, sdfg, expr: _Expression) -> dace.SDFG:
         use_half_helpers(nsdfg)
     if builder.uses_helpers:
         add_helper_code(nsdfg, "elementwise", _HELPERS)
-    tasklet, _, _ = nstate.add_mapped_tasklet(
+    tasklet, entry, _ = nstate.add_mapped_tasklet(
         f"{node.label}_{node.schema.name}",
         ranges,
         inputs=inputs,
@@ -443,6 +443,9 @@ def expand_elementwise(node, state, sdfg, expr: _Expression) -> dace.SDFG:
         outputs=outputs,
         external_edges=True,
     )
+    # OpenMP over every dim but the innermost (a batch of 1 still splits over the threads); the
+    # innermost loop stays a plain loop the compiler vectorizes
+    entry.map.collapse = max(1, len(ranges) - 1)
     for conn in out_conns:
         if descs[conn].dtype == dace.float16:
             # DaCe's CPU half has no default constructor, so a half-typed output connector
