@@ -135,8 +135,10 @@ def snapshot() -> Dict[str, Any]:
 def apply_dace_settings() -> None:
     """Writes daceml's choices into DaCe's global configuration."""
     import dace
-    dace.Config.set("compiler", "cpu", "args", value=f"{settings.cpu_compiler_args} -include {VECMATH_HEADER}")
-    # vector versions of exp, erf, tanh, ... (glibc's libmvec) for vectorized loops
+    # vector versions of exp, erf, tanh, ... (glibc's libmvec) for vectorized loops, where libmvec
+    # can be linked (its declarations without the library would leave undefined symbols)
+    vecmath = f" -include {VECMATH_HEADER}" if _HAS_LIBMVEC else ""
+    dace.Config.set("compiler", "cpu", "args", value=settings.cpu_compiler_args + vecmath)
     dace.Config.set("compiler", "cpu", "libs", value="mvec" if _HAS_LIBMVEC else "")
     # DaCe's default build type (RelWithDebInfo) appends -O2 after our -O3.
     dace.Config.set("compiler", "build_type", value="Release")
