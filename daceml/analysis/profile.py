@@ -8,6 +8,7 @@ profiles one workload of the benchmark suite (``daceml.bench``) after the whole 
 The instrumented build is a copy: the SDFG given is not changed.
 """
 import argparse
+import contextlib
 import copy
 import glob
 import os
@@ -25,25 +26,27 @@ NodeKey = str  # "cfg_id/state_id/node_id" of the instrumented copy (same ids as
 
 def _timed_nodes(sdfg: dace.SDFG):
     for node, parent in sdfg.all_nodes_recursive():
-        if isinstance(parent, dace.SDFGState) and parent.sdfg is sdfg and parent.scope_dict()[node] is None and \
+        if isinstance(parent, dace.SDFGState) and parent.scope_dict()[node] is None and \
                 isinstance(node, (sdnodes.MapEntry, sdnodes.LibraryNode, sdnodes.NestedSDFG, sdnodes.Tasklet)):
             yield node, parent
 
 
-def node_times(sdfg: dace.SDFG, args: Dict[str, Any], rounds: int = 5, folder: Optional[str] = None) -> Dict[
-        NodeKey, float]:
-    """Median milliseconds per top-level node of ``sdfg`` (maps, library nodes, nested SDFGs,
-    tasklets) over ``rounds`` calls with ``args``, from an instrumented build in ``folder``
-    (default: a fresh folder in daceml's cache). Keys are ``cfg_id/state_id/node_id``."""
+def node_times(sdfg: dace.SDFG, args: Dict[str, Any], rounds: int = 5, folder: Optional[str] = None,
+               lock: Any = None) -> Dict[NodeKey, float]:
+    """Median milliseconds per top-level node of each state (maps, library nodes, nested SDFGs,
+    tasklets) of ``sdfg`` over ``rounds`` calls with ``args``, from an instrumented build in
+    ``folder`` (default: a fresh folder in daceml's cache); the copy and the compile run while
+    holding ``lock`` if one is given. Keys are ``cfg_id/state_id/node_id``."""
     from dace.codegen.instrumentation.report import InstrumentationReport
     from daceml import config
-    sdfg = copy.deepcopy(sdfg)
-    for node, _ in _timed_nodes(sdfg):
-        node.instrument = dace.InstrumentationType.Timer
-    # DaCe writes reports into the build folder baked into the code: build in a folder of our own
-    sdfg.build_folder = folder or os.path.join(config.settings.cache_dir, "instrumented",
-                                               f"{sdfg.name}-{uuid.uuid4().hex[:8]}")
-    csdfg = sdfg.compile()
+    with lock if lock is not None else contextlib.nullcontext():
+        sdfg = copy.deepcopy(sdfg)
+        for node, _ in _timed_nodes(sdfg):
+            node.instrument = dace.InstrumentationType.Timer
+        # DaCe writes reports into the build folder baked into the code: build in a folder of our own
+        sdfg.build_folder = folder or os.path.join(config.settings.cache_dir, "instrumented",
+                                                   f"{sdfg.name}-{uuid.uuid4().hex[:8]}")
+        csdfg = sdfg.compile()
     try:
         for _ in range(rounds):
             csdfg(**args)

@@ -695,38 +695,13 @@ class Session:
 
     def _node_times(self, job: Job, v: Version, rounds: int = 5) -> Dict[str, float]:
         """Median time per top-level node (ms) of an instrumented build of ``v``."""
-        import glob
         import os
-        from dace.codegen.instrumentation.report import InstrumentationReport
         from daceml import config
-        with DACE_LOCK:
-            sdfg = copy.deepcopy(v.sdfg)
-            for node, parent in sdfg.all_nodes_recursive():
-                if isinstance(parent, dace.SDFGState) and parent.scope_dict()[node] is None and \
-                        isinstance(node, (sdnodes.MapEntry, sdnodes.LibraryNode, sdnodes.NestedSDFG, sdnodes.Tasklet)):
-                    node.instrument = dace.InstrumentationType.Timer
-            # DaCe writes reports into the build folder baked into the code: build in a folder of our own
-            folder = os.path.join(config.settings.cache_dir, "gui-instrumented",
-                                  f"{v.hash[:16]}-{uuid.uuid4().hex[:6]}")
-            sdfg.build_folder = folder
-            job.step(0.9, f"compiling an instrumented build of version {v.id} for per-node times")
-            csdfg = sdfg.compile()
-        args = self._bind(set(sdfg.arglist()), sdfg)
-        try:
-            for _ in range(rounds):
-                csdfg(**args)
-        finally:
-            csdfg.finalize()
-        samples: Dict[str, List[float]] = {}
-        for path in sorted(glob.glob(os.path.join(folder, "perf", "report-*.json"))):
-            report = InstrumentationReport(path)
-            for (cfg_id, state_id, node_id), by_name in report.durations.items():
-                if node_id is None or node_id < 0:
-                    continue
-                for per_thread in by_name.values():
-                    for times in per_thread.values():
-                        samples.setdefault(f"{cfg_id}/{state_id}/{node_id}", []).extend(times)
-        return {k: statistics.median(t) for k, t in samples.items() if t}
+        from daceml.analysis.profile import node_times
+        folder = os.path.join(config.settings.cache_dir, "gui-instrumented", f"{v.hash[:16]}-{uuid.uuid4().hex[:6]}")
+        job.step(0.9, f"compiling an instrumented build of version {v.id} for per-node times")
+        args = self._bind(set(v.sdfg.arglist()), v.sdfg)
+        return node_times(v.sdfg, args, rounds=rounds, folder=folder, lock=DACE_LOCK)
 
     def _run_job(self, job: Job, versions: List[Version], repeat: int, per_node: bool = False) -> None:
         from daceml import compiler

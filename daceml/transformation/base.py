@@ -50,3 +50,12 @@ def _single_consumer(state: dace.SDFGState, access: sdnodes.AccessNode) -> Optio
     if len(outs) != 1 or state.in_degree(access) != 1:
         return None
     return outs[0]
+
+
+def add_constant(model, base: str, value) -> str:
+    """Adds ``value`` to ``model`` as a new weight named ``base`` (or ``base_1``, ... if taken);
+    returns its array name."""
+    name, i = base, 1
+    while name in model.weights:
+        name, i = f"{base}_{i}", i + 1
+    return model.add_weight(name, value)

@@ -20,7 +20,7 @@ from dace import properties
 from dace.sdfg import nodes as sdnodes
 
 from daceml.onnx.nodes import ONNXOp, node_class
-from daceml.transformation.base import Pass, _onnx_nodes, _single_consumer
+from daceml.transformation.base import Pass, _onnx_nodes, _single_consumer, add_constant
 
 OPSET = 14
 
@@ -42,13 +42,6 @@ def add_node(state: dace.SDFGState, op: str, inputs: Dict[str, sdnodes.AccessNod
     out = state.add_access(name)
     state.add_edge(node, out_conn, out, None, sdfg.make_array_memlet(name))
     return out
-
-
-def _weight(model, base: str, value: np.ndarray) -> str:
-    name, i = base, 1
-    while name in model.weights:
-        name, i = f"{base}_{i}", i + 1
-    return model.add_weight(name, value)
 
 
 @properties.make_properties
@@ -103,12 +96,12 @@ class FoldBatchNormIntoConv(Pass):
         def read(edge):
             return state.add_read(edge.data.data)
 
-        eps_w = state.add_read(_weight(model, f"{label}_bn_epsilon", np.array([eps], np_dtype)))
+        eps_w = state.add_read(add_constant(model, f"{label}_bn_epsilon", np.array([eps], np_dtype)))
         var_eps = add_node(state, "Add", {"A": read(edges["input_var"]), "B": eps_w}, [m], dtype, f"{label}_bn_var_eps")
         std = add_node(state, "Sqrt", {"X": var_eps}, [m], dtype, f"{label}_bn_std")
         s = add_node(state, "Div", {"A": read(edges["scale"]), "B": std}, [m], dtype, f"{label}_bn_factor")
         shape4 = [m] + [1] * (len(w.shape) - 1)
-        shape_w = state.add_read(_weight(model, f"{label}_bn_factor_shape", np.array(shape4, np.int64)))
+        shape_w = state.add_read(add_constant(model, f"{label}_bn_factor_shape", np.array(shape4, np.int64)))
         s4 = add_node(state, "Reshape", {"data": s, "shape": shape_w}, shape4, dtype, f"{label}_bn_factor_4d")
         w_new = add_node(state, "Mul", {"A": read(w_edge), "B": s4}, list(w.shape), dtype, f"{label}_bn_weight")
         b_edge = self._input(state, conv, "B")

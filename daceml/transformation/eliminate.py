@@ -16,7 +16,7 @@ from dace import properties
 from dace.sdfg import nodes as sdnodes
 
 from daceml.onnx.nodes import ONNXOp, node_class
-from daceml.transformation.base import Pass, _onnx_nodes
+from daceml.transformation.base import Pass, _onnx_nodes, add_constant
 
 RESHAPES = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")
 
@@ -124,11 +124,7 @@ class EliminateLayoutOps(Pass):
             shape = [int(d) for d in sdfg.arrays[out_edge.data.data].shape]
         except TypeError:
             return False  # symbolic: no constant shape
-        base, i = f"{node.label}_merged_shape", 1
-        name = base
-        while name in model.weights:
-            name, i = f"{base}_{i}", i + 1
-        const = model.add_weight(name, np.array(shape, np.int64))
+        const = add_constant(model, f"{node.label}_merged_shape", np.array(shape, np.int64))
         new = node_class("Reshape", 14)(f"{node.label}_merged", inputs=["data", "shape"], outputs=["reshaped"])
         state.add_node(new)
         state.add_edge(edge.src, edge.src_conn, new, "data", edge.data)

@@ -15,7 +15,7 @@ from dace import properties
 from dace.sdfg import nodes as sdnodes
 
 from daceml.onnx.nodes import ONNXOp, node_class
-from daceml.transformation.base import Pass, _onnx_nodes, _single_consumer
+from daceml.transformation.base import Pass, _onnx_nodes, _single_consumer, add_constant
 
 _GEMM_TYPES = (dace.float32, dace.float64)
 
@@ -121,8 +121,7 @@ class MatMulAddToGemm(Pass):
             y2 = sdfg.add_transient(f"{mm.label}_gemm_out", [rows, n], a.dtype, find_new_name=True)[0]
             y2_access = state.add_access(y2)
             state.add_edge(gemm, "Y", y2_access, None, sdfg.make_array_memlet(y2))
-            shape = model.add_weight(self._new_weight_name(model, f"{mm.label}_unflatten_shape"),
-                                     np.array(leading + [n], dtype=np.int64))
+            shape = add_constant(model, f"{mm.label}_unflatten_shape", np.array(leading + [n], dtype=np.int64))
             reshape = node_class("Reshape", 14)(f"{mm.label}_unflatten", inputs=["data", "shape"], outputs=["reshaped"])
             state.add_node(reshape)
             state.add_edge(y2_access, None, reshape, "data", sdfg.make_array_memlet(y2))
@@ -153,7 +152,7 @@ class MatMulAddToGemm(Pass):
     def _reshape(self, sdfg, state, model, src, src_conn, memlet, shape, dtype, label):
         """A Reshape of ``src`` to ``shape``; returns the access node of its output."""
         out = sdfg.add_transient(f"{label}_out", shape, dtype, find_new_name=True)[0]
-        const = model.add_weight(self._new_weight_name(model, f"{label}_shape"), np.array(shape, dtype=np.int64))
+        const = add_constant(model, f"{label}_shape", np.array(shape, dtype=np.int64))
         reshape = node_class("Reshape", 14)(label, inputs=["data", "shape"], outputs=["reshaped"])
         state.add_node(reshape)
         state.add_edge(src, src_conn, reshape, "data", memlet)
@@ -161,10 +160,3 @@ class MatMulAddToGemm(Pass):
         out_access = state.add_access(out)
         state.add_edge(reshape, "reshaped", out_access, None, sdfg.make_array_memlet(out))
         return out_access
-
-    @staticmethod
-    def _new_weight_name(model, base: str) -> str:
-        name, i = base, 1
-        while name in model.weights:
-            name, i = f"{base}_{i}", i + 1
-        return name
