@@ -59,3 +59,34 @@ def add_constant(model, base: str, value) -> str:
     while name in model.weights:
         name, i = f"{base}_{i}", i + 1
     return model.add_weight(name, value)
+
+
+class UnorderedAccessError(RuntimeError):
+    """A state reads a transient through an access node that no path orders after its writer."""
+
+
+def check_ordered_accesses(sdfg: dace.SDFG) -> None:
+    """Raises :class:`UnorderedAccessError` naming the array and state where a transient written in
+    a state is also read there through an access node with no path from the writer: within a state
+    only edges order nodes, so such a read races with the write (or sees stale data)."""
+    import networkx as nx
+    for state in sdfg.states():
+        writers: Dict[str, list] = {}
+        readers: Dict[str, list] = {}
+        for node in state.data_nodes():
+            if not sdfg.arrays[node.data].transient:
+                continue
+            if state.in_degree(node) > 0:
+                writers.setdefault(node.data, []).append(node)
+            elif state.out_degree(node) > 0:
+                readers.setdefault(node.data, []).append(node)
+        graph = None
+        for data, reads in readers.items():
+            for w in writers.get(data, ()):
+                graph = graph if graph is not None else state.nx
+                for r in reads:
+                    if not nx.has_path(graph, w, r):
+                        raise UnorderedAccessError(
+                            f"state {state.label!r}: transient {data!r} is written by "
+                            f"{state.in_edges(w)[0].src} and read by {state.out_edges(r)[0].dst} with "
+                            "nothing ordering the read after the write")

@@ -94,6 +94,10 @@ class FoldBatchNormIntoConv(Pass):
         label = conv.label
 
         def read(edge):
+            # the access node the input comes from: a new read node of a transient written in this
+            # state would have no edge ordering it after its writer (a race once inlined into one state)
+            if isinstance(edge.src, sdnodes.AccessNode):
+                return edge.src
             return state.add_read(edge.data.data)
 
         eps_w = state.add_read(add_constant(model, f"{label}_bn_epsilon", np.array([eps], np_dtype)))

@@ -4,7 +4,8 @@
   permutation is the identity disappears;
 - ``Reshape``/``Flatten``/``Squeeze``/``Unsqueeze`` of a reshape -> one ``Reshape`` of the
   first one's input to the last one's (static) shape; a reshape to the same shape disappears;
-- ``Cast`` to the type its input already has disappears.
+- ``Cast`` / ``CastLike`` to the type its input already has disappears (the exporter's
+  ``Clip`` bounds for ReLU6 go through one ``CastLike`` each, which reads the whole tensor).
 
 Only transients read by nothing else are removed, so every other reader still sees them.
 """
@@ -23,7 +24,7 @@ RESHAPES = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")
 
 def _data_conn(node) -> str:
     """The connector of a layout/type op's data input."""
-    return {"Flatten": "input", "Cast": "input"}.get(node.schema.name, "data")
+    return {"Flatten": "input", "Cast": "input", "CastLike": "input"}.get(node.schema.name, "data")
 
 
 def _only_input(state, node, conn: str = None):
@@ -142,7 +143,7 @@ class EliminateLayoutOps(Pass):
     @staticmethod
     def _identity(sdfg, state, node) -> bool:
         name = node.schema.name
-        if name not in ("Transpose", "Cast") + RESHAPES or len(state.out_edges(node)) != 1:
+        if name not in ("Transpose", "Cast", "CastLike") + RESHAPES or len(state.out_edges(node)) != 1:
             return False
         edge = _only_input(state, node, _data_conn(node))
         out = state.out_edges(node)[0].dst

@@ -23,6 +23,7 @@ import numpy as np
 
 import dace
 
+from daceml.transformation.base import check_ordered_accesses
 from daceml.transformation.passes import Pass, level_passes
 
 log = logging.getLogger(__name__)
@@ -190,6 +191,7 @@ def optimize(target, level: int = 4, device: str = "cpu", verify: bool = False, 
             if dump_dir:
                 sdfg.save(os.path.join(dump_dir, f"{step:02d}_L{lv}_{result.name}.sdfg"))
             if verifier is not None and result.changes:
+                check_ordered_accesses(sdfg)
                 ok, result.max_error = verifier.check(sdfg)
                 if not ok:
                     report.first_changing_pass = result.name

@@ -1,12 +1,14 @@
 """The graph rewrites and copy elimination on their own: each changes the graph as described and
 keeps results (``verify=True`` compiles and compares before and after every pass)."""
 import numpy as np
+import pytest
 from onnx import helper
 
 from daceml.onnx import ONNXModel
 from daceml.onnx.nodes import ONNXOp
 from daceml.testing.onnx_compare import make_model, run_onnxruntime
-from daceml.transformation import optimize
+from daceml.transformation import optimize, pipeline
+from daceml.transformation.base import UnorderedAccessError, check_ordered_accesses
 
 
 def _ops(model):
@@ -72,6 +74,45 @@ def test_batch_norm_folds_into_the_conv_before_it():
     np.testing.assert_allclose(dm(x), expected, rtol=1e-4, atol=1e-4)
 
 
+def test_batch_norm_fold_orders_reads_of_a_computed_bias_after_its_writer():
+    """The exporter gives a Conv without bias an Expand(0) bias: the folded bias must read that
+    computed transient through the node it is written to (a second, unconnected read node of it
+    raced with the Expand once everything was inlined into one state: NaNs in MobileNetV2)."""
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((1, 3, 5, 5)).astype(np.float32)
+    inits = {"w": rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "zero": np.zeros(1, np.float32),
+             "cshape": np.array([4], np.int64),
+             "scale": rng.uniform(0.5, 2, 4).astype(np.float32), "bias": rng.standard_normal(4).astype(np.float32),
+             "mean": rng.standard_normal(4).astype(np.float32), "var": rng.uniform(0.5, 2, 4).astype(np.float32)}
+    nodes = [helper.make_node("Expand", ["zero", "cshape"], ["cb"]),
+             helper.make_node("Conv", ["x", "w", "cb"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["c", "scale", "bias", "mean", "var"], ["y"])]
+    model = make_model(nodes, {"x": x}, ["y"], inits)
+    expected = run_onnxruntime(model, {"x": x})[0]
+    dm = ONNXModel(model)
+    optimize(dm, level=1)
+    assert "BatchNormalization" not in _ops(dm)
+    check_ordered_accesses(dm.sdfg)
+    optimize(dm, passes=pipeline(4)[1:])
+    check_ordered_accesses(dm.sdfg)
+    np.testing.assert_allclose(dm(x), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_unordered_reads_are_reported():
+    import dace
+    sdfg = dace.SDFG("unordered")
+    sdfg.add_array("a", [4], dace.float32)
+    sdfg.add_transient("t", [4], dace.float32)
+    sdfg.add_array("b", [4], dace.float32)
+    state = sdfg.add_state()
+    state.add_mapped_tasklet("write", {"i": "0:4"}, {"x": dace.Memlet("a[i]")}, "y = x", {"y": dace.Memlet("t[i]")},
+                             external_edges=True)
+    state.add_mapped_tasklet("read", {"i": "0:4"}, {"x": dace.Memlet("t[i]")}, "y = x", {"y": dace.Memlet("b[i]")},
+                             external_edges=True)
+    with pytest.raises(UnorderedAccessError, match="transient 't' is written by .* and read by"):
+        check_ordered_accesses(sdfg)
+
+
 def test_layout_chains_merge_and_identities_go():
     rng = np.random.default_rng(2)
     x = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
@@ -82,11 +123,13 @@ def test_layout_chains_merge_and_identities_go():
              helper.make_node("Transpose", ["c"], ["t3"], perm=[0, 1, 2, 3]),  # identity: removed
              helper.make_node("Reshape", ["t3", "s1"], ["r1"]),
              helper.make_node("Reshape", ["r1", "s2"], ["r2"]),  # merged into one
-             helper.make_node("Relu", ["r2"], ["y"])]
+             helper.make_node("CastLike", ["lo", "r2"], ["lo_cast"]),  # float like float: removed
+             helper.make_node("Clip", ["r2", "lo_cast"], ["y"])]
+    inits["lo"] = np.array(0.25, np.float32)
     model = make_model(nodes, {"x": x}, ["y"], inits)
     expected = run_onnxruntime(model, {"x": x})[0]
     dm = ONNXModel(model)
     report = optimize(dm, level=1, verify=True)
     assert report.first_changing_pass is None
-    assert _ops(dm) == ["Relu", "Reshape", "Transpose"], _ops(dm)
+    assert _ops(dm) == ["Clip", "Reshape", "Transpose"], _ops(dm)
     np.testing.assert_allclose(dm(x), expected)
