@@ -101,6 +101,8 @@ class ONNXModel:
         self.current_symbols: Dict[str, int] = {}
         self.sdfg = dace.SDFG(self.name)
         self._program: Optional[compiler.CompiledProgram] = None
+        #: computations on weights alone, run once per weight version (daceml.transformation.hoist)
+        self.weight_prep = None
         self._build(graph)
         self._check_implementations()
 
@@ -224,6 +226,20 @@ class ONNXModel:
         name = self._add_array(onnx_name, transient=False)
         record_constant(self.sdfg, name, value)
         return name
+
+    def adopt_weight(self, array: str, value: np.ndarray) -> str:
+        """Makes transient ``array`` a weight holding ``value`` (a buffer the model owns, which the
+        weight-prep program fills: see :mod:`daceml.transformation.hoist`); returns its ONNX name.
+        Its value is not recorded as a constant: it changes with the weights it comes from."""
+        onnx_name = array
+        while onnx_name in self._array_names or onnx_name in self.weights:
+            onnx_name = "_" + onnx_name
+        self._array_names[onnx_name] = array
+        self.sdfg.arrays[array].transient = False
+        self.weights[onnx_name] = value
+        self.table.types[onnx_name] = onnx.helper.np_dtype_to_tensor_dtype(value.dtype)
+        self.table.shapes[onnx_name] = tuple(value.shape)
+        return onnx_name
 
     def _add_copy_output(self, onnx_name: str) -> str:
         desc = self.sdfg.arrays[self._array(onnx_name)]
@@ -425,6 +441,8 @@ class ONNXModel:
         missing = [s for s in program.symbol_names if s not in symbols]
         if missing:
             raise InputError(f"model {self.name!r}: symbols {missing} are not determined by the input shapes")
+        if self.weight_prep is not None:
+            self.weight_prep.refresh(self, weights or {})
         program(**arrays, **symbols)
         self.raise_fallback_errors()
         if as_list:

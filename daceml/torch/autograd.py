@@ -162,7 +162,8 @@ class DaceFunction(torch.autograd.Function):
         for name, value in zip(model.inputs, inputs):
             arrays[model._array(name)] = model._check_input(name, value.detach(), symbols, device=program.device)
         for name, value in model.weights.items():
-            arrays[model._array(name)] = program.constant(name, model._weight_array(name, value))
+            if model._array(name) in sdfg.arrays:  # not the inference program's derived weights
+                arrays[model._array(name)] = program.constant(name, model._weight_array(name, value))
         for name, value in zip(weight_names, weights):
             value = value.detach()
             if value.device.type != program.device:

@@ -62,6 +62,10 @@ class FastCall:
             desc = sdfg.arrays[arr]
             self.outputs.append((program.slot(arr), odt.to_torch(desc.dtype), tuple(desc.shape),
                                  len(model.table.shape(out) or ())))
+        # weight-derived buffers (daceml.transformation.hoist): the live tensors their prep reads
+        self.prep = model.weight_prep
+        sources = set(self.prep.sources) if self.prep is not None else set()
+        self.prep_state = [(i, init) for i, init in enumerate(state_inputs) if init in sources]
         self.symbol_names = list(program.symbol_names)
         self._prepared: Dict[Tuple[int, ...], Any] = {}
         self._out_shapes: Dict[Tuple[int, ...], List[Tuple[int, ...]]] = {}
@@ -99,12 +103,16 @@ class FastCall:
             keep.append(t)
             slots.append(slot)
             values.append(t.data_ptr())
+        live = []
         for slot, module, kind, attr in self.state:
             t = (module._parameters if kind == "p" else module._buffers)[attr]
             if not t.is_contiguous():
                 return None
             slots.append(slot)
             values.append(t.data_ptr())
+            live.append(t)
+        if self.prep is not None:
+            self.prep.refresh(self.model, {init: live[i] for i, init in self.prep_state})
         prog, out_shapes = self._prepare(symbols) if self.symbol_names else self._prepare({})
         results = []
         for (slot, dtype, _, rank), shape in zip(self.outputs, out_shapes):
