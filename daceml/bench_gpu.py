@@ -31,11 +31,9 @@ reports/tmp), i.e. it runs everything up to the point where GPU code would be lo
 """
 import argparse
 import concurrent.futures as futures
-import contextlib
 import copy
 import dataclasses
 import datetime
-import io
 import json
 import logging
 import multiprocessing
@@ -46,10 +44,11 @@ import statistics
 import sys
 import time
 import traceback
-import warnings
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
+
+from daceml.bench import _quiet  # output of torch.compile / the exporter kept off the table
 
 log = logging.getLogger("daceml.bench_gpu")
 
@@ -93,16 +92,6 @@ WORKLOADS = [
     Workload("mbconv_block", "EfficientNet-B0 MBConv (24ch, x6, 3x3, SE), B=32 56x56, inference", _mbconv),
     Workload("resnet50_bottleneck", "ResNet-50 bottleneck (256-64-256), B=32 56x56, inference", _bottleneck),
 ]
-
-
-def _quiet():
-    sink = io.StringIO()
-    stack = contextlib.ExitStack()
-    stack.enter_context(warnings.catch_warnings())
-    warnings.simplefilter("ignore")
-    stack.enter_context(contextlib.redirect_stdout(sink))
-    stack.enter_context(contextlib.redirect_stderr(sink))
-    return stack
 
 
 def _error_line(ex: BaseException) -> str:

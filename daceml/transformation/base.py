@@ -80,12 +80,10 @@ def check_ordered_accesses(sdfg: dace.SDFG) -> None:
                 writers.setdefault(node.data, []).append(node)
             elif state.out_degree(node) > 0:
                 readers.setdefault(node.data, []).append(node)
-        graph = None
         for data, reads in readers.items():
             for w in writers.get(data, ()):
-                graph = graph if graph is not None else state.nx
                 for r in reads:
-                    if not nx.has_path(graph, w, r):
+                    if not nx.has_path(state.nx, w, r):
                         raise UnorderedAccessError(
                             f"state {state.label!r}: transient {data!r} is written by "
                             f"{state.in_edges(w)[0].src} and read by {state.out_edges(r)[0].dst} with "

@@ -119,8 +119,9 @@ class HoistWeightComputations(Pass):
             self._detail = "nothing computed from weights alone"
             return 0
         # what the remaining program reads of the hoisted results becomes a weight
-        keep = [n for n in state.nodes() if n not in hoisted and not (isinstance(n, sdnodes.AccessNode)
-                                                                      and n.data in produced)]
+        moved = set(hoisted)
+        keep = {n for n in state.nodes() if n not in moved and not (isinstance(n, sdnodes.AccessNode)
+                                                                    and n.data in produced)}
         derived_data: Set[str] = set()
         for node in state.nodes():
             if isinstance(node, sdnodes.AccessNode) and node.data in produced:
@@ -146,7 +147,6 @@ class HoistWeightComputations(Pass):
     def _hoistable(sdfg, state, model) -> Tuple[List[ONNXOp], Set[str]]:
         from daceml.onnx.ops.onnxruntime_fallback import CALLBACK_CONNECTOR
         weights = {model._array(w) for w in model.weights}
-        constant_data = set(weights)  # arrays whose value is a function of the weights
         hoisted: List[ONNXOp] = []
         produced: Set[str] = set()
         writers: Dict[str, int] = {}
@@ -162,8 +162,8 @@ class HoistWeightComputations(Pass):
             ins, outs = state.in_edges(node), state.out_edges(node)
             if not ins or not outs:
                 continue
-            if not all(isinstance(e.src, sdnodes.AccessNode) and e.src.data in constant_data and
-                       (e.src.data in weights or e.src.data in produced) for e in ins):
+            if not all(isinstance(e.src, sdnodes.AccessNode) and (e.src.data in weights or e.src.data in produced)
+                       for e in ins):
                 continue
             if not all(isinstance(e.dst, sdnodes.AccessNode) and sdfg.arrays[e.dst.data].transient and
                        state.in_degree(e.dst) == 1 for e in outs):
@@ -171,9 +171,7 @@ class HoistWeightComputations(Pass):
             if any(writers.get(e.dst.data, 0) != 1 for e in outs):
                 continue  # written elsewhere too
             hoisted.append(node)
-            for e in outs:
-                produced.add(e.dst.data)
-                constant_data.add(e.dst.data)
+            produced.update(e.dst.data for e in outs)
         return hoisted, produced
 
     @staticmethod
@@ -213,7 +211,6 @@ class HoistWeightComputations(Pass):
         derived: Dict[str, str] = {}
         for data in sorted(derived_data):
             desc = sdfg.arrays[data]
-            desc.transient = False
             value = np.zeros([int(s) for s in desc.shape], dtype=odt.to_numpy(desc.dtype))
             derived[data] = model.adopt_weight(data, value)
         sources = {e.src for n in hoisted for e in state.in_edges(n)}
