@@ -137,6 +137,12 @@ class ONNXOp(sdnodes.LibraryNode):
     schema: ONNXSchema = None
 
     onnx_node_name = properties.Property(dtype=str, default="", desc="name of the node in the ONNX model")
+    # set by the level-2 pass FuseEpilogues (daceml/onnx/ops/epilogue.py): computed by the implementation
+    epilogue = properties.Property(dtype=str, default="",
+                                   desc="activation (an ONNX op name, or SiLU) the implementation applies to the "
+                                   "output; '' for none")
+    epilogue_params = properties.ListProperty(element_type=float, default=[],
+                                              desc="the epilogue activation's parameters (e.g. Clip's min, max)")
 
     def __init__(self, name: str, *, inputs: Optional[List[str]] = None, outputs: Optional[List[str]] = None,
                  location: Optional[Dict[str, str]] = None, **attributes: Any):
@@ -210,7 +216,10 @@ class ONNXOp(sdnodes.LibraryNode):
         return sdfg.arrays[edge.data.data]
 
     def describe(self) -> str:
-        return f"node {self.name!r} ({self.schema.name}, opset version {self.schema.since_version})"
+        from daceml.onnx.ops import epilogue
+        fused = epilogue.describe(self)
+        return (f"node {self.name!r} ({self.schema.name}, opset version {self.schema.since_version}"
+                + (f", fused epilogue: {fused})" if fused else ")"))
 
     # --- validation -------------------------------------------------------------------------
 
@@ -229,7 +238,7 @@ class ONNXOp(sdnodes.LibraryNode):
                 problems.append(f"required input {p.name!r} is missing")
             if p.kind is ParamKind.VARIADIC and len(present) < p.min_arity:
                 problems.append(f"variadic input {p.name!r} needs at least {p.min_arity} value(s), got {len(present)}")
-        known_in = {c for c, _ in self.iter_parameters()} | {"__daceml_callback"}
+        known_in = {c for c, _ in self.iter_parameters()} | {"__daceml_callback", "__daceml_residual"}
         for c in self.in_connectors:
             if c not in known_in:
                 problems.append(f"unknown input connector {c!r}; inputs are {[p.name for p in s.inputs]}")

@@ -14,6 +14,7 @@ from dace.sdfg import nodes as sdnodes
 from daceml.transformation.base import Pass, _onnx_nodes, _single_consumer  # noqa: F401 (re-exported)
 from daceml.transformation.conv_bn import FoldBatchNormIntoConv
 from daceml.transformation.eliminate import EliminateLayoutOps
+from daceml.transformation.epilogue import FuseEpilogues
 from daceml.transformation.hoist import HoistWeightComputations
 from daceml.transformation.linear import MatMulAddToGemm
 from daceml.transformation.views import ReshapesAsViews
@@ -327,7 +328,7 @@ class ReuseTransients(Pass):
 PASSES = {c.__name__: c for c in (RemoveIdentities, FoldShapeInputs, RemoveDeadNodes, MatMulAddToGemm,
                                   FoldBatchNormIntoConv, EliminateLayoutOps,
                                   ChooseImplementations, ReshapesAsViews, ExpandLibraryNodes, InlineAndSimplify, FuseMaps,
-                                  PersistentTransients, ReuseTransients, HoistWeightComputations)}
+                                  PersistentTransients, ReuseTransients, HoistWeightComputations, FuseEpilogues)}
 
 
 def level_passes(level: int, device: str = "cpu") -> List[Pass]:
@@ -337,7 +338,7 @@ def level_passes(level: int, device: str = "cpu") -> List[Pass]:
                 FoldBatchNormIntoConv()]
     if level == 2:
         hoist = [HoistWeightComputations()] if device == "cpu" else []
-        return hoist + [ChooseImplementations(device=device), ExpandLibraryNodes()]
+        return hoist + [ChooseImplementations(device=device), FuseEpilogues(), ExpandLibraryNodes()]
     if level == 3:
         return [InlineAndSimplify(), FuseMaps()]
     if level == 4:

@@ -179,8 +179,9 @@ def optimize(target, level: int = 4, device: str = "cpu", verify: bool = False, 
     if dump_dir:
         os.makedirs(dump_dir, exist_ok=True)
     step = 0
-    for lv, level_list in enumerate(levels, start=1):
+    for position, level_list in enumerate(levels, start=1):
         for p in level_list:
+            lv = getattr(p, "LEVEL", 0) or position  # a pass's own level (lists may start past level 1)
             t0 = time.perf_counter()
             changes = p.apply(sdfg, model)
             dt = time.perf_counter() - t0

@@ -29,6 +29,7 @@ def test_conv_variants():
     inits = {
         "W": rand(rng, 6, 4, 3, 3), "B": rand(rng, 6),
         "Wdw": rand(rng, 4, 1, 3, 3),
+        "Wdw2": rand(rng, 8, 1, 3, 2), "Bdw2": rand(rng, 8),
         "Wg": rand(rng, 6, 2, 2, 3),
         "W1x1": rand(rng, 5, 4, 1, 1),
         "W1": rand(rng, 5, 3, 3),
@@ -38,6 +39,9 @@ def test_conv_variants():
         helper.make_node("Conv", ["x", "W", "B"], ["plain"], name="plain", pads=[1, 1, 1, 1]),
         helper.make_node("Conv", ["x", "Wdw"], ["depthwise"], name="depthwise", group=4, strides=[2, 2],
                          auto_pad="SAME_UPPER"),
+        # a channel multiplier of 2, asymmetric padding, dilation: each task pads its own plane
+        helper.make_node("Conv", ["x", "Wdw2", "Bdw2"], ["dw_mult"], name="dw_mult", group=4, pads=[1, 2, 0, 1],
+                         dilations=[1, 2]),
         helper.make_node("Conv", ["x", "Wg"], ["grouped"], name="grouped", group=2, dilations=[2, 1],
                          pads=[0, 2, 1, 0], strides=[1, 2]),
         helper.make_node("Conv", ["x", "W1x1"], ["pointwise"], name="pointwise"),
@@ -47,7 +51,7 @@ def test_conv_variants():
                          strides=[2, 1, 2]),
         helper.make_node("Conv", ["x", "W"], ["asym"], name="asym", pads=[2, 0, 1, 1], kernel_shape=[3, 3]),
     ]
-    outs = ["plain", "depthwise", "grouped", "pointwise", "valid", "conv1d", "conv3d", "asym"]
+    outs = ["plain", "depthwise", "dw_mult", "grouped", "pointwise", "valid", "conv1d", "conv3d", "asym"]
     assert_matches_onnxruntime(make_model(nodes, inputs, outs, inits), inputs, **TOL)
 
 

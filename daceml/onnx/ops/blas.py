@@ -16,7 +16,9 @@ from typing import List, Sequence
 
 import dace
 
+from daceml.onnx.ops import epilogue
 from daceml.onnx.ops.common import is_one, nested_sdfg
+from daceml.onnx.ops.epilogue import RESIDUAL
 from daceml.onnx.ops.registry import CheckedImplementation, Implementation, Rejected, op_implementation
 from daceml.targets.cpu import MKL, OpenBLAS
 
@@ -200,9 +202,11 @@ class MklGemm(_BlasGemm):
 class MklConv(CheckedImplementation):
     """2-D Conv as GEMMs through oneMKL, per image and group: Y[M, OH*OW] = W[M, C*KH*KW] @ col,
     where col is the image itself for a 1x1 conv with stride 1 and no padding, else its im2col
-    (built in a workspace by a parallel loop). The bias is written into Y first (beta = 1).
-    Depthwise convs (one input channel per group) are left to the pure direct kernel."""
+    (built in a workspace by a parallel loop).
+    Depthwise convs (one input channel per group) are left to the pure direct kernel.
+    Epilogues (bias, residual, activation) run in one pass over each image's output."""
     environments = [MKL]
+    epilogues = tuple(epilogue.ACTIVATIONS) + ("residual", )
 
     @classmethod
     def check(cls, node, state, sdfg):
@@ -220,6 +224,7 @@ class MklConv(CheckedImplementation):
         if group > 1 and c // group == 1:
             raise Rejected("depthwise conv (one input channel per group): the pure direct kernel is faster")
         win = window(node, x.shape, y.shape, _static(w.shape[2:], "kernel shape"))
+        epilogue.check_residual(node, state, sdfg, "Y")
         return win, c, m, group
 
     @classmethod
@@ -269,16 +274,22 @@ class MklConv(CheckedImplementation):
                 f"        __d[__ow] = (__iw >= 0 && __iw < {wd}) ? __s[__iw] : ({T})0;",
                 "      }", "    }", "  }",
                 f"  const {T}* __col = _col;"]
-        if has_bias:
-            code += ["  #pragma omp parallel for",
-                     f"  for (int __m = 0; __m < {m}; ++__m)",
-                     f"    for (int __i = 0; __i < {hw}; ++__i) __yn[(long long)__m * {hw} + __i] = _B[__m];"]
+        # bias, residual and activation in one pass over each image's output, after its GEMMs
+        residual = "__r" if RESIDUAL in node.in_connectors else None
+        finish = epilogue.cpp_apply(node, T, "__y", hw, bias="_B[__m]" if has_bias else None, residual=residual)
         code += [f"  for (int __g = 0; __g < {group}; ++__g)",
                  f"    {gemm}(CblasRowMajor, CblasNoTrans, CblasNoTrans, {mg}, {hw}, {k}, ({T})1, "
                  f"_W + (long long)__g * {mg * k}, {k}, __col + (long long)__g * {cg * hw if pointwise else k * hw}, "
-                 f"{hw}, ({T}){1 if has_bias else 0}, __yn + (long long)__g * {mg * hw}, {hw});",
-                 "}"]
-        ins = node.input_connectors()
+                 f"{hw}, ({T})0, __yn + (long long)__g * {mg * hw}, {hw});"]
+        if finish:
+            code += ["  #pragma omp parallel for",
+                     f"  for (int __m = 0; __m < {m}; ++__m) {{",
+                     f"    {T}* __y = __yn + (long long)__m * {hw};"]
+            if residual:
+                code.append(f"    const {T}* __r = _{RESIDUAL} + __n * {m * hw} + (long long)__m * {hw};")
+            code += ["    " + finish, "  }"]
+        code.append("}")
+        ins = node.input_connectors() + ([RESIDUAL] if residual else [])
         in_types = {f"_{c_}": dace.pointer(descs[c_].dtype) for c_ in ins}
         out_types = {"_out": dace.pointer(descs["Y"].dtype)}
         if not pointwise:

@@ -27,7 +27,9 @@ from typing import List, Optional, Sequence
 
 import dace
 
+from daceml.onnx.ops import epilogue
 from daceml.onnx.ops.common import add_cpp_map, cpp, nested_sdfg
+from daceml.onnx.ops.epilogue import RESIDUAL
 from daceml.onnx.ops.registry import CheckedImplementation, Rejected, op_implementation
 
 _FLOATS = (dace.float32, dace.float64)
@@ -206,7 +208,9 @@ class PureConv(_PureBase):
     """Conv in two maps: the input is copied into a zero-padded buffer (so the kernel has no
     bounds checks), then a map over (batch, block of output channels, output rows) where each
     tasklet computes the row in vector-wide chunks, keeping a block of up to 8 output channels
-    x one SIMD vector of outputs in registers over the whole reduction (channels x taps)."""
+    x one SIMD vector of outputs in registers over the whole reduction (channels x taps).
+    Epilogues (residual, activation) are applied to each chunk of a row right after it is stored."""
+    epilogues = tuple(epilogue.ACTIVATIONS) + ("residual", )
 
     @classmethod
     def check(cls, node, state, sdfg):
@@ -220,6 +224,7 @@ class PureConv(_PureBase):
         win = window(node, x.shape, y.shape, _static(w.shape[2:], "kernel shape"))
         if _static([y.shape[1]], "output channel count") != [m]:
             raise _Reject(f"output Y has {y.shape[1]} channels, expected {m}")
+        epilogue.check_residual(node, state, sdfg, "Y")
         return win, c, m, group
 
     @classmethod
@@ -242,7 +247,69 @@ class PureConv(_PureBase):
         plane = math.prod(padded)
         slack = (chunk + 1) * win.strides[-1] + lanes
         batch = x.shape[0]
-        nsdfg.add_transient("Xp", (batch, c * plane + slack), x.dtype, storage=dace.StorageType.CPU_Heap)
+        residual = RESIDUAL in node.in_connectors
+        has_bias = "B" in node.in_connectors
+        # depthwise 2-D convs pad each channel's plane into a buffer of the task computing it (in
+        # L1/L2) instead of a padding pass over the whole input: one parallel region, one pass less
+        plane_mode = cg == 1 and k == 2 and plane + slack <= cls.PLANE_BUFFER
+        outer = [f"__o{j}" for j in range(k - 1)]
+        ranges = {"__n": f"0:{cpp(batch)}", "__mb": f"0:{m // mb}"}
+        inputs = {"__w": dace.Memlet(f"W[__mb*{mb}:__mb*{mb}+{mb},{_subset([], [cg] + win.kernel)}]")}
+        if has_bias:
+            inputs["__b"] = dace.Memlet(f"B[__mb*{mb}:__mb*{mb}+{mb}]")
+        rows_out = [f"0:{o}" for o in win.outs[:-1]] if plane_mode else outer
+        y_subset = f"__n,__mb*{mb}:__mb*{mb}+{mb},{_subset(rows_out, [row])}"
+        outputs = {"__y": dace.Memlet(f"Y[{y_subset}]")}
+        if residual:
+            inputs["__res"] = dace.Memlet(f"{RESIDUAL}[{y_subset}]")
+        code = f"typedef {T} __vt __attribute__((vector_size({_VECTOR_BYTES})));\n"
+        if plane_mode:
+            (h_in, w_in), (pb_h, pb_w), pe_w = win.ins, win.pads_begin, win.pads_end[1]
+            inputs["__x"] = dace.Memlet(f"X[__n,0:{c},{_subset([], win.ins)}]")
+            code += f"""alignas(32) {T} __buf[{plane + slack}];
+const {T}* __xin = __x + (long long)((__mb * {mb}) / {mg}) * {h_in * w_in};
+for (int __h = 0; __h < {padded[0]}; ++__h) {{
+  {T}* __row = __buf + __h * {padded[1]};
+  if (__h >= {pb_h} && __h < {pb_h + h_in}) {{
+    for (int __w = 0; __w < {pb_w}; ++__w) __row[__w] = ({T})0;
+    __builtin_memcpy(__row + {pb_w}, __xin + (__h - {pb_h}) * {w_in}, {w_in} * sizeof({T}));
+    for (int __w = 0; __w < {pe_w}; ++__w) __row[{pb_w + w_in} + __w] = ({T})0;
+  }} else {{
+    for (int __w = 0; __w < {padded[1]}; ++__w) __row[__w] = ({T})0;
+  }}
+}}
+for (int __i = 0; __i < {slack}; ++__i) __buf[{plane} + __i] = ({T})0;
+const {T}* __xg = __buf;
+for (int __o0 = 0; __o0 < {win.outs[0]}; ++__o0) {{
+{T}* __yr = __y + __o0 * {row};
+"""
+            if residual:
+                code += f"const {T}* __rr = __res + __o0 * {row};\n"
+        else:
+            xp = cls._pad_pass(nstate, node, win, T, batch, c, padded, pst, plane, slack)
+            ranges.update({p: f"0:{win.outs[j]}" for j, p in enumerate(outer)})
+            inputs["__xp"] = dace.Memlet(f"Xp[__n,0:{c * plane + slack}]")
+            group_off = f" + (__mb / {mg // mb}) * {cg * plane}" if group > 1 else ""
+            code += f"const {T}* __xg = __xp{group_off};\n{T}* __yr = __y;\n"
+            if residual:
+                code += f"const {T}* __rr = __res;\n"
+        code += cls._row_code(node, win, T, lanes, cg, mb, nv, row, pst, has_bias, residual)
+        if plane_mode:
+            code += "}\n"
+            add_cpp_map(nstate, f"{node.label}_conv", ranges, inputs, outputs, code)
+        else:
+            add_cpp_map(nstate, f"{node.label}_conv", ranges, inputs, outputs, code, input_nodes={"Xp": xp})
+        return nsdfg
+
+    #: largest padded plane (elements) a depthwise conv's task keeps in its own buffer (256 KiB of float)
+    PLANE_BUFFER = 65536
+
+    @staticmethod
+    def _pad_pass(nstate, node, win, T, batch, c, padded, pst, plane, slack):
+        """Maps writing the zero-padded copy of the input (array Xp); returns its access node."""
+        k = win.k
+        nstate.sdfg.add_transient("Xp", (batch, c * plane + slack), nstate.sdfg.arrays["X"].dtype,
+                                  storage=dace.StorageType.CPU_Heap)
         xp = nstate.add_access("Xp")
         rows = [f"__h{j}" for j in range(k - 1)]
         ranges = {"__n": f"0:{cpp(batch)}", "__c": f"0:{c}"}
@@ -267,27 +334,21 @@ class PureConv(_PureBase):
         add_cpp_map(nstate, f"{node.label}_pad_slack", {"__n": f"0:{cpp(batch)}"}, {},
                     {"__s": dace.Memlet(f"Xp[__n,{c * plane}:{c * plane + slack}]")},
                     f"for (int __i = 0; __i < {slack}; ++__i) __s[__i] = ({T})0;\n", output_nodes={"Xp": xp})
+        return xp
 
-        # the convolution
-        outer = [f"__o{j}" for j in range(k - 1)]
+    @staticmethod
+    def _row_code(node, win, T, lanes, cg, mb, nv, row, pst, has_bias, residual) -> str:
+        """C++ computing one output row of ``mb`` channels into ``__yr`` (channel stride: the
+        output plane) from the padded input at ``__xg``, in chunks of ``nv`` vectors, with the
+        epilogue applied to each chunk right after it is stored."""
+        k = win.k
+        chunk = nv * lanes
         osp = math.prod(win.outs)
-        ranges = {"__n": f"0:{cpp(batch)}", "__mb": f"0:{m // mb}"}
-        ranges.update({p: f"0:{win.outs[j]}" for j, p in enumerate(outer)})
-        inputs = {
-            "__xp": dace.Memlet(f"Xp[__n,0:{c * plane + slack}]"),
-            "__w": dace.Memlet(f"W[__mb*{mb}:__mb*{mb}+{mb},{_subset([], [cg] + win.kernel)}]"),
-        }
-        has_bias = "B" in node.in_connectors
-        if has_bias:
-            inputs["__b"] = dace.Memlet(f"B[__mb*{mb}:__mb*{mb}+{mb}]")
-        outputs = {"__y": dace.Memlet(f"Y[__n,__mb*{mb}:__mb*{mb}+{mb},{_subset(outer, [row])}]")}
+        plane = math.prod([i + b + e for i, b, e in zip(win.ins, win.pads_begin, win.pads_end)])
         kspat = math.prod(win.kernel)
         kst = _products(win.kernel)
         s_l, d_l = win.strides[-1], win.dilations[-1]
-        code = f"typedef {T} __vt __attribute__((vector_size({_VECTOR_BYTES})));\n"
-        group_off = f" + (__mb / {mg // mb}) * {cg * plane}" if group > 1 else ""
-        code += f"const {T}* __xg = __xp{group_off};\n"
-        code += f"for (int __r0 = 0; __r0 < {row}; __r0 += {chunk}) {{\n"
+        code = f"for (int __r0 = 0; __r0 < {row}; __r0 += {chunk}) {{\n"
         accs = [(i, v) for i in range(mb) for v in range(nv)]
         for i, v in accs:
             code += f"__vt __a{i}_{v} = {{}};" + (f" __a{i}_{v} += __b[{i}];\n" if has_bias else "\n")
@@ -307,14 +368,21 @@ class PureConv(_PureBase):
         code += "}\n" * k + "}\n"
         code += f"if (__r0 + {chunk} <= {row}) {{\n"
         for i, v in accs:
-            code += f"__builtin_memcpy(__y + {i * osp + v * lanes} + __r0, &__a{i}_{v}, sizeof(__vt));\n"
+            code += f"__builtin_memcpy(__yr + {i * osp + v * lanes} + __r0, &__a{i}_{v}, sizeof(__vt));\n"
         code += f"}} else {{\n{T} __t[{chunk}];\n"
         for i in range(mb):
             code += "".join(f"__builtin_memcpy(__t + {v * lanes}, &__a{i}_{v}, sizeof(__vt)); " for v in range(nv))
-            code += f"for (int __l = 0; __l < {row} - __r0; ++__l) __y[{i * osp} + __r0 + __l] = __t[__l];\n"
-        code += "}\n}\n"
-        add_cpp_map(nstate, f"{node.label}_conv", ranges, inputs, outputs, code, input_nodes={"Xp": xp})
-        return nsdfg
+            code += f"for (int __l = 0; __l < {row} - __r0; ++__l) __yr[{i * osp} + __r0 + __l] = __t[__l];\n"
+        code += "}\n"
+        # the epilogue (residual, activation) on the chunk just written, while it is in L1
+        if epilogue.has_epilogue(node):
+            code += f"{{ const int __cnt = {row} - __r0 < {chunk} ? {row} - __r0 : {chunk};\n"
+            for i in range(mb):
+                code += f"{T}* __yo{i} = __yr + {i * osp} + __r0;"
+                code += f" const {T}* __ro{i} = __rr + {i * osp} + __r0;\n" if residual else "\n"
+                code += epilogue.cpp_apply(node, T, f"__yo{i}", "__cnt", residual=f"__ro{i}" if residual else None)
+            code += "}\n"
+        return code + "}\n"
 
 
 @op_implementation("ConvTranspose", name="pure")

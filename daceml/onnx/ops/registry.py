@@ -32,6 +32,7 @@ import hashlib
 import importlib
 import inspect
 import logging
+import os
 from typing import Any, Callable, Dict, List, Optional, Type
 
 import dace
@@ -231,8 +232,9 @@ def candidate_order(op: str, node_choice: Optional[str] = None) -> List[str]:
 
 
 def _reason(impl: Type[Implementation], node, state, sdfg) -> Optional[str]:
+    from daceml.onnx.ops import epilogue
     try:
-        return impl.why_not(node, state, sdfg)
+        return epilogue.why_not(impl, node) or impl.why_not(node, state, sdfg)
     except Exception as ex:  # a broken check must not hide the other candidates
         return f"applicability check raised {type(ex).__name__}: {ex}"
 
@@ -264,9 +266,38 @@ def select(node, state: dace.SDFGState, sdfg: dace.SDFG) -> Type[Implementation]
     raise NoImplementationError(f"{node.describe()}: no implementation applies:\n{detail}")
 
 
+def would_select(node, state: dace.SDFGState, sdfg: dace.SDFG) -> Optional[Type[Implementation]]:
+    """The implementation :func:`select` would choose for ``node`` now, or None if none applies
+    (nothing is logged or recorded)."""
+    impls = implementations(node.schema.name)
+    node_choice = node.implementation if node.implementation in impls else None
+    for name in candidate_order(node.schema.name, node_choice):
+        if _reason(impls[name], node, state, sdfg) is None:
+            return impls[name]
+    return None
+
+
 def why_not_all(node, state, sdfg) -> Dict[str, Optional[str]]:
     """For each implementation of the node's op: None if it applies, else the reason."""
     return {name: _reason(impl, node, state, sdfg) for name, impl in implementations(node.schema.name).items()}
+
+
+def _source_of(cls: type, files: Dict[str, str]) -> str:
+    """What identifies the code of ``cls``: the SHA-256 of its module's file (hashed once per
+    file; ``inspect.getsource`` per class took seconds for the registry's hundreds of classes),
+    or its source text where it has no file (classes made interactively)."""
+    import sys
+    module = sys.modules.get(cls.__module__)
+    path = getattr(module, "__file__", None)
+    if path and os.path.exists(path):
+        if path not in files:
+            with open(path, "rb") as f:
+                files[path] = hashlib.sha256(f.read()).hexdigest()
+        return files[path]
+    try:
+        return inspect.getsource(cls)
+    except (OSError, TypeError):
+        return ""
 
 
 def fingerprint() -> str:
@@ -275,13 +306,11 @@ def fingerprint() -> str:
     _load_op_modules()
     if _fingerprint is None:
         h = hashlib.sha256()
+        files: Dict[str, str] = {}
         for op in sorted(_REGISTRY):
             for name, cls in _REGISTRY[op].items():
                 h.update(f"{op}/{name}/{cls.__module__}.{cls.__qualname__}".encode())
-                try:
-                    h.update(inspect.getsource(cls).encode())
-                except (OSError, TypeError):
-                    pass
+                h.update(_source_of(cls, files).encode())
         h.update(repr(sorted(_PREFERENCES.items())).encode())
         _fingerprint = h.hexdigest()
     settings = (config.settings.default_implementations, config.settings.allow_onnxruntime_fallback)

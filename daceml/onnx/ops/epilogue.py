@@ -1,0 +1,128 @@
+"""Epilogues: an activation (and a residual addition) computed by an operator's implementation
+on the output it has just written, instead of by a separate node that reads and writes the
+whole tensor again.
+
+A node carries its epilogue in two properties every ONNX node has (``ONNXOp.epilogue``, the
+activation's op name, and ``ONNXOp.epilogue_params``) plus, for a residual addition, an input
+connector :data:`RESIDUAL` (a tensor of the output's shape added before the activation). They
+are set by the level-2 pass ``FuseEpilogues`` (``daceml/transformation/epilogue.py``), and only
+on nodes whose implementation lists the activation in its ``epilogues``; the registry rejects
+every other implementation for such a node, so an epilogue is never silently dropped.
+
+:func:`cpp_apply` is the C++ loop an implementation runs over what it wrote; the expressions
+match the elementwise implementations of the ops (NaN stays NaN through Relu, Clip with
+min > max gives max, ...).
+"""
+from typing import Dict, Optional, Sequence, Tuple
+
+#: the input connector of a residual addition (added to the output before the activation)
+RESIDUAL = "__daceml_residual"
+
+#: activation -> (names of its parameters, in epilogue_params order; their defaults)
+ACTIVATIONS: Dict[str, Tuple[Tuple[str, ...], Tuple[float, ...]]] = {
+    "Relu": ((), ()),
+    "Clip": (("min", "max"), (float("-inf"), float("inf"))),
+    "LeakyRelu": (("alpha", ), (0.01, )),
+    "HardSigmoid": (("alpha", "beta"), (0.2, 0.5)),
+    "HardSwish": ((), ()),
+    "Sigmoid": ((), ()),
+    "Tanh": ((), ()),
+    # x * sigmoid(x): the exporters' SiLU / Swish (a Sigmoid and a Mul reading the same tensor)
+    "SiLU": ((), ()),
+}
+
+
+def _literal(value: float, T: str) -> str:
+    if value == float("inf"):
+        return f"std::numeric_limits<{T}>::infinity()"
+    if value == float("-inf"):
+        return f"(-std::numeric_limits<{T}>::infinity())"
+    return f"({T}){float(value)!r}"
+
+
+def activation_expr(kind: str, params: Sequence[float], T: str, v: str) -> str:
+    """C++ expression of activation ``kind`` of the value ``v`` (of C type ``T``)."""
+    if kind not in ACTIVATIONS:
+        raise ValueError(f"unknown epilogue activation {kind!r}; known: {sorted(ACTIVATIONS)}")
+    names, defaults = ACTIVATIONS[kind]
+    if len(params) != len(names):
+        raise ValueError(f"epilogue {kind} takes {len(names)} parameter(s) {list(names)}, got {list(params)}")
+    p = [_literal(x, T) for x in params]
+    exp = "expf" if T == "float" else "exp"
+    tanh = "tanhf" if T == "float" else "tanh"
+    zero, one = f"({T})0", f"({T})1"
+    if kind == "Relu":
+        return f"({v} < {zero} ? {zero} : {v})"
+    if kind == "Clip":
+        lo, hi = p
+        return f"(({v} > {hi} || {lo} > {hi}) ? {hi} : ({v} < {lo} ? {lo} : {v}))"
+    if kind == "LeakyRelu":
+        return f"({v} >= {zero} ? {v} : {p[0]} * {v})"
+    if kind == "HardSigmoid":
+        return f"std::max({zero}, std::min({one}, {p[0]} * {v} + {p[1]}))"
+    if kind == "HardSwish":
+        return f"({v} * std::max({zero}, std::min({one}, {v} / ({T})6 + ({T})0.5)))"
+    if kind == "Sigmoid":
+        return f"({one} / ({one} + {exp}(-{v})))"
+    if kind == "Tanh":
+        return f"{tanh}({v})"
+    return f"({v} * ({one} / ({one} + {exp}(-{v}))))"  # SiLU
+
+
+def has_epilogue(node) -> bool:
+    return bool(getattr(node, "epilogue", "")) or RESIDUAL in node.in_connectors
+
+
+def why_not(impl, node) -> Optional[str]:
+    """None if implementation class ``impl`` computes ``node``'s epilogue (or there is none),
+    else the reason (for the registry)."""
+    supported = getattr(impl, "epilogues", ())
+    kind = getattr(node, "epilogue", "")
+    if kind and kind not in supported:
+        return f"the node has a fused {kind} epilogue, which this implementation does not compute"
+    if RESIDUAL in node.in_connectors and "residual" not in supported:
+        return "the node has a fused residual addition, which this implementation does not compute"
+    return None
+
+
+def check_residual(node, state, sdfg, output: str) -> None:
+    """Raises Rejected unless the residual input (if any) has the shape and type of ``output``."""
+    from daceml.onnx.ops.registry import Rejected
+    if RESIDUAL not in node.in_connectors:
+        return
+    r, y = node.in_desc(state, sdfg, RESIDUAL), node.out_desc(state, sdfg, output)
+    if tuple(r.shape) != tuple(y.shape) or r.dtype != y.dtype:
+        raise Rejected(f"the fused residual is {r.dtype}{list(r.shape)}; it must be {y.dtype}{list(y.shape)} "
+                       f"like output {output!r}")
+
+
+def cpp_apply(node, T: str, out: str, count: str, bias: Optional[str] = None, residual: Optional[str] = None,
+              index: str = "__e") -> str:
+    """C++ statements: ``out[i] = act(out[i] (+ bias) (+ residual[i]))`` for i < ``count`` (the
+    loop variable is ``index``; ``bias`` is an expression added to every element, e.g. a channel's
+    bias). Empty if there is nothing to do."""
+    kind = getattr(node, "epilogue", "")
+    if not kind and bias is None and residual is None:
+        return ""
+    value = f"{out}[{index}]"
+    if bias is not None:
+        value = f"{value} + {bias}"
+    if residual is not None:
+        value = f"{value} + {residual}[{index}]"
+    if kind:
+        code = f"const {T} __v = {value}; {out}[{index}] = {activation_expr(kind, list(node.epilogue_params), T, '__v')};"
+    else:
+        code = f"{out}[{index}] = {value};"
+    return f"for (long long {index} = 0; {index} < {count}; ++{index}) {{ {code} }}\n"
+
+
+def describe(node) -> str:
+    """The epilogue in words ('' if none), for logs and errors."""
+    parts = []
+    if RESIDUAL in node.in_connectors:
+        parts.append("+ residual")
+    kind = getattr(node, "epilogue", "")
+    if kind:
+        params = list(node.epilogue_params)
+        parts.append(kind + (f"({', '.join(f'{p:g}' for p in params)})" if params else ""))
+    return " then ".join(parts)

@@ -1,0 +1,176 @@
+"""Level 2: residual additions and activations after a Conv computed by the Conv's implementation.
+
+``Relu(Add(Conv(X), R))`` reads and writes the conv's output twice more after the conv wrote
+it (once per node, each a parallel region of its own). When the conv's implementation lists
+the activation in its ``epilogues`` (see :mod:`daceml.onnx.ops.epilogue`), the nodes after it
+become part of the Conv: ``R`` an extra input added to each output, the activation applied to
+each output right after it is computed (in registers or L1), and the Conv writes where the
+last fused node wrote. Fused, in this order, when the conv's output is a transient read by
+nothing else:
+
+- a residual ``Add`` of a tensor of the output's shape and type (computed before the Conv: it
+  must not depend on the Conv's output);
+- one activation: Relu, Clip (constant bounds), LeakyRelu, HardSigmoid, HardSwish, Sigmoid,
+  Tanh, or SiLU (``Mul(Y, Sigmoid(Y))``, how the exporters write ``x * sigmoid(x)``).
+
+Runs after ChooseImplementations: it asks the registry which implementation would expand
+the Conv and fuses only what that implementation computes (on CUDA nothing, for now). A
+training program's forward pass keeps what its backward pass reads (those are not transients
+read only by the next node), so gradients are unchanged.
+"""
+from typing import List, Optional, Tuple
+
+import networkx as nx
+
+import dace
+from dace import properties
+from dace.sdfg import nodes as sdnodes
+
+from daceml.onnx.nodes import ONNXOp
+from daceml.onnx.ops.epilogue import ACTIVATIONS, RESIDUAL
+from daceml.transformation.base import Pass, _onnx_nodes
+
+#: ONNX ops fused as activations; SiLU is matched as a pattern of Sigmoid and Mul
+_ACTIVATION_OPS = ("Relu", "Clip", "LeakyRelu", "HardSigmoid", "HardSwish", "Sigmoid", "Tanh")
+
+
+def _output(state: dace.SDFGState, node) -> Optional[sdnodes.AccessNode]:
+    outs = state.out_edges(node)
+    if len(outs) != 1 or not isinstance(outs[0].dst, sdnodes.AccessNode):
+        return None
+    return outs[0].dst
+
+
+def _private(sdfg: dace.SDFG, state: dace.SDFGState, access: sdnodes.AccessNode) -> bool:
+    """A transient written once here and read nowhere but through this access node."""
+    if not sdfg.arrays[access.data].transient or state.in_degree(access) != 1:
+        return False
+    return not any(n.data == access.data and n is not access for s in sdfg.states() for n in s.data_nodes())
+
+
+def _consumers(state, access) -> List[Tuple[ONNXOp, str]]:
+    return [(e.dst, e.dst_conn) for e in state.out_edges(access)]
+
+
+def _same(sdfg, a: str, b: str) -> bool:
+    da, db = sdfg.arrays[a], sdfg.arrays[b]
+    return tuple(da.shape) == tuple(db.shape) and da.dtype == db.dtype
+
+
+@properties.make_properties
+class FuseEpilogues(Pass):
+    """A residual Add and an activation after a Conv become the Conv's epilogue, where the
+    Conv's implementation computes them (see the module docstring)."""
+    LEVEL = 2
+
+    def apply(self, sdfg, model=None) -> int:
+        from daceml.onnx.ops import registry
+        fused = 0
+        convs = 0
+        for conv, state in list(_onnx_nodes(sdfg, "Conv")):
+            impl = registry.would_select(conv, state, sdfg)
+            supported = getattr(impl, "epilogues", ())
+            if not supported:
+                continue
+            n = 0
+            if "residual" in supported:
+                n += self._fuse_residual(sdfg, state, conv)
+            n += self._fuse_activation(sdfg, state, conv, supported)
+            if n:
+                conv.implementation = impl.name  # the epilogue is that implementation's
+                fused += n
+                convs += 1
+        self._detail = f"{fused} node(s) fused into {convs} Conv(s)"
+        return fused
+
+    # --- the patterns ----------------------------------------------------------------------
+
+    def _fuse_residual(self, sdfg, state, conv) -> int:
+        y = _output(state, conv)
+        if y is None or RESIDUAL in conv.in_connectors or conv.epilogue or not _private(sdfg, state, y):
+            return 0
+        cons = _consumers(state, y)
+        if len(cons) != 1 or not isinstance(cons[0][0], ONNXOp) or cons[0][0].schema.name != "Add":
+            return 0
+        add, conn = cons[0]
+        other = next(iter(state.in_edges_by_connector(add, "B" if conn == "A" else "A")), None)
+        out = _output(state, add)
+        if other is None or out is None or not isinstance(other.src, sdnodes.AccessNode) or other.src is y:
+            return 0
+        if not (_same(sdfg, other.src.data, y.data) and _same(sdfg, out.data, y.data)):
+            return 0
+        if other.data.subset.num_elements() != sdfg.arrays[other.src.data].total_size:
+            return 0
+        # the residual must be ready before the conv runs: no path from the conv to it
+        if nx.has_path(state.nx, conv, other.src):
+            return 0
+        conv.add_in_connector(RESIDUAL)
+        state.add_edge(other.src, other.src_conn, conv, RESIDUAL, sdfg.make_array_memlet(other.src.data))
+        self._replace_output(sdfg, state, conv, y, [add], out)
+        return 1
+
+    def _fuse_activation(self, sdfg, state, conv, supported) -> int:
+        from daceml.onnx.ops.common import constant_input
+        y = _output(state, conv)
+        if y is None or conv.epilogue or not _private(sdfg, state, y):
+            return 0
+        cons = _consumers(state, y)
+        if not all(isinstance(c, ONNXOp) for c, _ in cons):
+            return 0
+        if len(cons) == 1:
+            act, conn = cons[0]
+            op = act.schema.name
+            if op not in _ACTIVATION_OPS or op not in supported or conn != act.input_connectors()[0]:
+                return 0
+            if len(act.in_connectors) > 1 and op != "Clip":
+                return 0
+            names, defaults = ACTIVATIONS[op]
+            params = []
+            for name, default in zip(names, defaults):
+                if op == "Clip":
+                    if name in act.in_connectors:
+                        value = constant_input(act, state, sdfg, name)
+                        if value is None or value.size != 1:
+                            return 0  # bounds computed at run time
+                        params.append(float(value.reshape(-1)[0]))
+                    else:
+                        params.append(default)
+                else:
+                    value = getattr(act, name, None)
+                    params.append(default if value is None else float(value))
+            removed, last = [act], _output(state, act)
+        elif len(cons) == 2 and "SiLU" in supported:
+            kinds = {c.schema.name: (c, conn) for c, conn in cons}
+            if set(kinds) != {"Sigmoid", "Mul"}:
+                return 0
+            sig, mul = kinds["Sigmoid"][0], kinds["Mul"][0]
+            s = _output(state, sig)
+            if s is None or not _private(sdfg, state, s) or [c for c, _ in _consumers(state, s)] != [mul]:
+                return 0
+            op, params, removed, last = "SiLU", [], [sig, mul], _output(state, mul)
+        else:
+            return 0
+        if last is None or not _same(sdfg, last.data, y.data):
+            return 0
+        conv.epilogue = op
+        conv.epilogue_params = params
+        self._replace_output(sdfg, state, conv, y, removed, last)
+        return len(removed)
+
+    @staticmethod
+    def _replace_output(sdfg, state, conv, y, removed, out) -> None:
+        """The conv writes ``out`` (what the last of ``removed`` wrote); ``removed``, ``y`` and
+        the accesses only they used go."""
+        (old, ) = state.out_edges(conv)
+        (last, ) = state.in_edges(out)
+        sources = [e.src for n in removed for e in state.in_edges(n) if e.src is not y]
+        state.add_edge(conv, old.src_conn, out, last.dst_conn, sdfg.make_array_memlet(out.data))
+        for n in removed:
+            state.remove_node(n)
+        state.remove_node(y)
+        sdfg.remove_data(y.data, validate=False)
+        for src in sources:  # constants only these nodes read, intermediates (the Sigmoid's output)
+            if src in state.nodes() and state.degree(src) == 0:
+                state.remove_node(src)
+                if sdfg.arrays[src.data].transient and not any(n.data == src.data for n in state.data_nodes()):
+                    sdfg.remove_data(src.data, validate=False)

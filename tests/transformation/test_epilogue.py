@@ -1,0 +1,113 @@
+"""Residual additions and activations fused into the Conv before them (FuseEpilogues, level 2):
+the pure direct kernel and the MKL GEMM conv compute them; results equal onnxruntime's."""
+import numpy as np
+import pytest
+import torch
+from onnx import helper
+from torch import nn
+
+from daceml.onnx import ONNXModel
+from daceml.onnx.nodes import ONNXOp
+from daceml.onnx.ops import epilogue, registry
+from daceml.targets.cpu import MKL
+from daceml.testing.onnx_compare import make_model, run_onnxruntime
+from daceml.torch import DaceModule
+from daceml.transformation import optimize, pipeline
+from daceml.transformation.epilogue import FuseEpilogues
+from daceml.transformation.passes import ChooseImplementations
+
+
+def _conv_chain():
+    """Convs of both implementations, each followed by what can be fused (and two that cannot)."""
+    rng = np.random.default_rng(0)
+    inits = {}
+
+    def conv(name, x, cin, cout, k, group=1):
+        inits[f"{name}_w"] = (rng.standard_normal((cout, cin // group, k, k)) / np.sqrt(cin * k * k / group)
+                              ).astype(np.float32)
+        inits[f"{name}_b"] = rng.standard_normal(cout).astype(np.float32)
+        return helper.make_node("Conv", [x, f"{name}_w", f"{name}_b"], [name], name=name, pads=[k // 2] * 4, group=group)
+
+    inits.update(lo=np.array(0.0, np.float32), hi=np.array(6.0, np.float32))
+    nodes = [
+        conv("c1", "x", 8, 64, 1), helper.make_node("Clip", ["c1", "lo", "hi"], ["a1"]),             # pure, ReLU6
+        conv("c2", "a1", 64, 64, 1), helper.make_node("Add", ["a1", "c2"], ["s2"]),                   # mkl, residual
+        helper.make_node("Relu", ["s2"], ["a2"]),                                                      # ... then Relu
+        conv("c3", "a2", 64, 64, 3, group=64), helper.make_node("Sigmoid", ["c3"], ["g3"]),           # depthwise, SiLU
+        helper.make_node("Mul", ["c3", "g3"], ["a3"]),
+        conv("c4", "a3", 64, 32, 3), helper.make_node("LeakyRelu", ["c4"], ["a4"], alpha=0.1),        # mkl im2col
+        conv("c5", "a4", 32, 32, 3), helper.make_node("HardSwish", ["c5"], ["a5"]),                   # mkl im2col
+        conv("c6", "a5", 32, 16, 1), helper.make_node("Sigmoid", ["c6"], ["a6"]),                     # pure
+        conv("c7", "a6", 16, 16, 3), helper.make_node("Add", ["c7", "a6"], ["s7"]),                   # pure, residual
+        helper.make_node("Tanh", ["s7"], ["a7"]),
+        conv("c8", "a7", 16, 16, 1), helper.make_node("HardSigmoid", ["c8"], ["a8"], alpha=0.3, beta=0.4),
+        conv("c9", "a8", 16, 16, 1), helper.make_node("Relu", ["c9"], ["r9"]),                        # c9 read twice:
+        helper.make_node("Add", ["r9", "c9"], ["y"]),                                                  # not fused
+    ]
+    x = rng.standard_normal((2, 8, 8, 8)).astype(np.float32)
+    return make_model(nodes, {"x": x}, ["y"], inits), x
+
+
+@pytest.mark.skipif(not MKL.is_installed(), reason="the mkl wheels are an optional extra")
+def test_activations_and_residuals_fuse_into_both_conv_implementations():
+    model, x = _conv_chain()
+    expected = run_onnxruntime(model, {"x": x})[0]
+    dm = ONNXModel(model)
+    levels = pipeline(4)
+    optimize(dm, passes=[levels[0], [ChooseImplementations()]])
+    convs = {n.onnx_node_name: (n, s) for n, s in dm.sdfg.all_nodes_recursive()
+             if isinstance(n, ONNXOp) and n.schema.name == "Conv"}
+    impls = {name: registry.would_select(n, s, dm.sdfg).name for name, (n, s) in convs.items()}
+    assert {impls["c1"], impls["c3"], impls["c7"]} == {"pure"} and {impls["c2"], impls["c4"], impls["c5"]} == {"mkl"}
+    fuse = FuseEpilogues()
+    assert fuse.apply(dm.sdfg, dm) == 11, fuse.detail
+    fused = {name: epilogue.describe(n) for name, (n, _) in convs.items()}
+    assert fused == {"c1": "Clip(0, 6)", "c2": "+ residual then Relu", "c3": "SiLU", "c4": "LeakyRelu(0.1)",
+                     "c5": "HardSwish", "c6": "Sigmoid", "c7": "+ residual then Tanh", "c8": "HardSigmoid(0.3, 0.4)",
+                     "c9": ""}
+    ops = sorted(n.schema.name for n, _ in dm.sdfg.all_nodes_recursive() if isinstance(n, ONNXOp))
+    assert ops == ["Add"] + ["Conv"] * 9 + ["Relu"]
+    optimize(dm, passes=[[p for p in levels[1] if not isinstance(p, (ChooseImplementations, FuseEpilogues))]] +
+             levels[2:])
+    np.testing.assert_allclose(dm(x), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_an_epilogue_is_never_dropped_by_another_implementation():
+    model, _ = _conv_chain()
+    dm = ONNXModel(model)
+    node, state = next((n, s) for n, s in dm.sdfg.all_nodes_recursive()
+                       if isinstance(n, ONNXOp) and n.schema.name == "Conv")
+    node.epilogue = "Relu"
+    for name, impl in registry.implementations("Conv").items():
+        reason = registry._reason(impl, node, state, dm.sdfg)
+        if not hasattr(impl, "epilogues"):
+            assert reason is not None and "epilogue" in reason, name
+    node.epilogue = "Gelu"  # no implementation computes it
+    assert registry.would_select(node, state, dm.sdfg) is None
+    assert "Gelu epilogue" in str(pytest.raises(Exception, registry.select, node, state, dm.sdfg).value)
+
+
+class _ResBlock(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(4, 4, 3, padding=1)
+        self.c2 = nn.Conv2d(4, 4, 1)
+
+    def forward(self, x):
+        return torch.relu(self.c2(torch.relu(self.c1(x))) + x)
+
+
+def test_gradients_through_fused_convs_equal_eager():
+    torch.manual_seed(0)
+    m = _ResBlock()
+    x = torch.randn(2, 4, 6, 6, requires_grad=True)
+    dm = DaceModule(_ResBlock(), name="epilogue_training")
+    dm.load_state_dict(m.state_dict())
+    x2 = x.detach().clone().requires_grad_()
+    m(x).square().sum().backward()
+    dm(x2).square().sum().backward()
+    torch.testing.assert_close(x2.grad, x.grad, rtol=1e-4, atol=1e-4)
+    for (name, p), p2 in zip(m.named_parameters(), dm.parameters()):
+        torch.testing.assert_close(p2.grad, p.grad, rtol=1e-4, atol=1e-4, msg=name)
+    with torch.no_grad():
+        torch.testing.assert_close(dm(x), m(x), rtol=1e-4, atol=1e-4)
