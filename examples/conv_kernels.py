@@ -1,7 +1,7 @@
 """Conv kernels side by side: daceml's pure direct kernel, daceml's oneMKL GEMM conv (im2col + GEMM,
-1x1 straight as a GEMM) and PyTorch (oneDNN), on ResNet-50 and EfficientNet shapes, one thread.
+1x1 straight as a GEMM) and PyTorch (oneDNN), on ResNet-50 and EfficientNet shapes, one thread (or OMP_NUM_THREADS).
 
-usage: python examples/conv_kernels.py
+usage: [OMP_NUM_THREADS=2] python examples/conv_kernels.py
 
 The measurement behind ``MklConv.profitable`` (daceml/onnx/ops/blas.py).
 """
@@ -18,11 +18,15 @@ from daceml.onnx import ONNXModel  # noqa: E402
 from daceml.onnx.nodes import ONNXOp  # noqa: E402
 from daceml.testing.onnx_compare import make_model  # noqa: E402
 
-torch.set_num_threads(1)
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 #: (input shape, weight shape, stride, padding)
 CASES = [((1, 64, 56, 56), (64, 64, 3, 3), 1, 1), ((1, 64, 56, 56), (256, 64, 1, 1), 1, 0),
          ((1, 3, 224, 224), (64, 3, 7, 7), 2, 3), ((1, 256, 14, 14), (256, 256, 3, 3), 1, 1),
-         ((8, 24, 56, 56), (144, 24, 1, 1), 1, 0), ((8, 144, 56, 56), (24, 144, 1, 1), 1, 0)]
+         ((8, 24, 56, 56), (144, 24, 1, 1), 1, 0), ((8, 144, 56, 56), (24, 144, 1, 1), 1, 0),
+         # EfficientNet-B0 / MobileNetV2 at batch 1: expansions with few input channels, projections
+         ((1, 16, 112, 112), (96, 16, 1, 1), 1, 0), ((1, 24, 56, 56), (144, 24, 1, 1), 1, 0),
+         ((1, 40, 28, 28), (240, 40, 1, 1), 1, 0), ((1, 144, 56, 56), (24, 144, 1, 1), 1, 0),
+         ((1, 32, 112, 112), (16, 32, 1, 1), 1, 0)]
 
 
 def median_ms(fn, repeat=10):

@@ -209,7 +209,7 @@ class PureConv(_PureBase):
     bounds checks), then a map over (batch, block of output channels, output rows) where each
     tasklet computes the row in vector-wide chunks, keeping a block of up to 8 output channels
     x one SIMD vector of outputs in registers over the whole reduction (channels x taps).
-    Epilogues (residual, activation) are applied to each chunk of a row right after it is stored."""
+    Epilogues (residual, activation) are applied to each row right after it is computed."""
     epilogues = tuple(epilogue.ACTIVATIONS) + ("residual", )
 
     @classmethod
@@ -339,8 +339,8 @@ for (int __o0 = 0; __o0 < {win.outs[0]}; ++__o0) {{
     @staticmethod
     def _row_code(node, win, T, lanes, cg, mb, nv, row, pst, has_bias, residual) -> str:
         """C++ computing one output row of ``mb`` channels into ``__yr`` (channel stride: the
-        output plane) from the padded input at ``__xg``, in chunks of ``nv`` vectors, with the
-        epilogue applied to each chunk right after it is stored."""
+        output plane) from the padded input at ``__xg``, in chunks of ``nv`` vectors, then the
+        epilogue over the row."""
         k = win.k
         chunk = nv * lanes
         osp = math.prod(win.outs)
@@ -374,15 +374,15 @@ for (int __o0 = 0; __o0 < {win.outs[0]}; ++__o0) {{
             code += "".join(f"__builtin_memcpy(__t + {v * lanes}, &__a{i}_{v}, sizeof(__vt)); " for v in range(nv))
             code += f"for (int __l = 0; __l < {row} - __r0; ++__l) __yr[{i * osp} + __r0 + __l] = __t[__l];\n"
         code += "}\n"
-        # the epilogue (residual, activation) on the chunk just written, while it is in L1
+        code += "}\n"
+        # the epilogue (residual, activation) on the row just written, while it is in L1 (over the
+        # whole row: loops of a constant trip count vectorize; per chunk they made Relu cost more)
         if epilogue.has_epilogue(node):
-            code += f"{{ const int __cnt = {row} - __r0 < {chunk} ? {row} - __r0 : {chunk};\n"
             for i in range(mb):
-                code += f"{T}* __yo{i} = __yr + {i * osp} + __r0;"
-                code += f" const {T}* __ro{i} = __rr + {i * osp} + __r0;\n" if residual else "\n"
-                code += epilogue.cpp_apply(node, T, f"__yo{i}", "__cnt", residual=f"__ro{i}" if residual else None)
-            code += "}\n"
-        return code + "}\n"
+                code += f"{{ {T}* __yo = __yr + {i * osp};"
+                code += f" const {T}* __ro = __rr + {i * osp};\n" if residual else "\n"
+                code += epilogue.cpp_apply(node, T, "__yo", str(row), residual="__ro" if residual else None) + "}\n"
+        return code
 
 
 @op_implementation("ConvTranspose", name="pure")
