@@ -13,6 +13,10 @@ nothing else:
 - one activation: Relu, Clip (constant bounds), LeakyRelu, HardSigmoid, HardSwish, Sigmoid,
   Tanh, or SiLU (``Mul(Y, Sigmoid(Y))``, how the exporters write ``x * sigmoid(x)``).
 
+And before a 1x1 Conv, a squeeze-excitation's ``Mul(X, S)`` with ``S`` of shape
+``[N or 1, C, 1, 1]``: the conv reads ``X`` and scales its weights per image instead (an
+``M x C`` product per image instead of a pass over the ``C x H x W`` activation).
+
 Runs after ChooseImplementations: it asks the registry which implementation would expand
 the Conv and fuses only what that implementation computes (on CUDA nothing, for now). A
 training program's forward pass keeps what its backward pass reads (those are not transients
@@ -27,7 +31,7 @@ from dace import properties
 from dace.sdfg import nodes as sdnodes
 
 from daceml.onnx.nodes import ONNXOp
-from daceml.onnx.ops.epilogue import ACTIVATIONS, RESIDUAL
+from daceml.onnx.ops.epilogue import ACTIVATIONS, INPUT_SCALE, RESIDUAL
 from daceml.transformation.base import Pass, _onnx_nodes
 
 #: ONNX ops fused as activations; SiLU is matched as a pattern of Sigmoid and Mul
@@ -73,6 +77,8 @@ class FuseEpilogues(Pass):
             if not supported:
                 continue
             n = 0
+            if "input_scale" in supported:
+                n += self._fuse_input_scale(sdfg, state, conv)
             if "residual" in supported:
                 n += self._fuse_residual(sdfg, state, conv)
             n += self._fuse_activation(sdfg, state, conv, supported)
@@ -107,6 +113,47 @@ class FuseEpilogues(Pass):
         conv.add_in_connector(RESIDUAL)
         state.add_edge(other.src, other.src_conn, conv, RESIDUAL, sdfg.make_array_memlet(other.src.data))
         self._replace_output(sdfg, state, conv, y, [add], out)
+        return 1
+
+    def _fuse_input_scale(self, sdfg, state, conv) -> int:
+        edge = next(iter(state.in_edges_by_connector(conv, "X")), None)
+        w = next(iter(state.in_edges_by_connector(conv, "W")), None)
+        if edge is None or w is None or INPUT_SCALE in conv.in_connectors or not isinstance(edge.src, sdnodes.AccessNode):
+            return 0
+        a = edge.src
+        if not _private(sdfg, state, a) or state.out_degree(a) != 1:
+            return 0
+        (prod, ) = [e.src for e in state.in_edges(a)]
+        if not isinstance(prod, ONNXOp) or prod.schema.name != "Mul":
+            return 0
+        kernel = list(sdfg.arrays[w.data.data].shape[2:])
+        pads = [int(p) for p in (conv.pads or [])]
+        strides = [int(s) for s in (conv.strides or [1] * len(kernel))]
+        dilations = [int(d) for d in (conv.dilations or [1] * len(kernel))]
+        if (kernel != [1, 1] or any(pads) or strides != [1, 1] or dilations != [1, 1] or (conv.group or 1) != 1
+                or (conv.auto_pad or "NOTSET") not in ("NOTSET", "VALID")):
+            return 0
+        x_shape = list(sdfg.arrays[a.data].shape)
+        ins = {c: next(iter(state.in_edges_by_connector(prod, c))) for c in ("A", "B")}
+        for conn, other in (("A", "B"), ("B", "A")):
+            full, scale = ins[conn], ins[other]
+            if not (isinstance(full.src, sdnodes.AccessNode) and isinstance(scale.src, sdnodes.AccessNode)):
+                continue
+            fd, sd = sdfg.arrays[full.src.data], sdfg.arrays[scale.src.data]
+            s_shape = list(sd.shape)
+            if (list(fd.shape) == x_shape and fd.dtype == sd.dtype == sdfg.arrays[a.data].dtype and
+                    len(s_shape) == 4 and s_shape[0] in (x_shape[0], 1) and s_shape[1] == x_shape[1] and
+                    s_shape[2:] == [1, 1]):
+                break
+        else:
+            return 0
+        conv.add_in_connector(INPUT_SCALE)
+        state.add_edge(scale.src, scale.src_conn, conv, INPUT_SCALE, sdfg.make_array_memlet(scale.src.data))
+        state.add_edge(full.src, full.src_conn, conv, "X", sdfg.make_array_memlet(full.src.data))
+        state.remove_edge(edge)
+        state.remove_node(prod)
+        state.remove_node(a)
+        sdfg.remove_data(a.data, validate=False)
         return 1
 
     def _fuse_activation(self, sdfg, state, conv, supported) -> int:

@@ -1,5 +1,6 @@
-"""Residual additions and activations fused into the Conv before them (FuseEpilogues, level 2):
-the pure direct kernel and the MKL GEMM conv compute them; results equal onnxruntime's."""
+"""Residual additions and activations fused into the Conv before them, a squeeze-excitation scale
+into the 1x1 Conv after it (FuseEpilogues, level 2): the pure direct kernel and the MKL GEMM conv
+compute them; results equal onnxruntime's."""
 import numpy as np
 import pytest
 import torch
@@ -43,33 +44,40 @@ def _conv_chain():
         conv("c8", "a7", 16, 16, 1), helper.make_node("HardSigmoid", ["c8"], ["a8"], alpha=0.3, beta=0.4),
         conv("c9", "a8", 16, 16, 1), helper.make_node("Relu", ["c9"], ["r9"]),                        # c9 read twice:
         helper.make_node("Add", ["r9", "c9"], ["y"]),                                                  # not fused
+        # squeeze-excitation before a 1x1 conv (mkl): the scale goes into the conv's weights
+        helper.make_node("GlobalAveragePool", ["a2"], ["p10"]), helper.make_node("Sigmoid", ["p10"], ["s10"]),
+        helper.make_node("Mul", ["s10", "a2"], ["m10"]), conv("c10", "m10", 64, 16, 1),
     ]
     x = rng.standard_normal((2, 8, 8, 8)).astype(np.float32)
-    return make_model(nodes, {"x": x}, ["y"], inits), x
+    return make_model(nodes, {"x": x}, ["y", "c10"], inits), x
 
 
 @pytest.mark.skipif(not MKL.is_installed(), reason="the mkl wheels are an optional extra")
 def test_activations_and_residuals_fuse_into_both_conv_implementations():
     model, x = _conv_chain()
-    expected = run_onnxruntime(model, {"x": x})[0]
+    expected = run_onnxruntime(model, {"x": x})
     dm = ONNXModel(model)
     levels = pipeline(4)
     optimize(dm, passes=[levels[0], [ChooseImplementations()]])
     convs = {n.onnx_node_name: (n, s) for n, s in dm.sdfg.all_nodes_recursive()
              if isinstance(n, ONNXOp) and n.schema.name == "Conv"}
     impls = {name: registry.would_select(n, s, dm.sdfg).name for name, (n, s) in convs.items()}
-    assert {impls["c1"], impls["c3"], impls["c7"]} == {"pure"} and {impls["c2"], impls["c4"], impls["c5"]} == {"mkl"}
+    assert {impls["c1"], impls["c3"], impls["c7"]} == {"pure"}
+    assert {impls["c2"], impls["c4"], impls["c5"], impls["c10"]} == {"mkl"}
     fuse = FuseEpilogues()
-    assert fuse.apply(dm.sdfg, dm) == 11, fuse.detail
+    assert fuse.apply(dm.sdfg, dm) == 12, fuse.detail
     fused = {name: epilogue.describe(n) for name, (n, _) in convs.items()}
     assert fused == {"c1": "Clip(0, 6)", "c2": "+ residual then Relu", "c3": "SiLU", "c4": "LeakyRelu(0.1)",
                      "c5": "HardSwish", "c6": "Sigmoid", "c7": "+ residual then Tanh", "c8": "HardSigmoid(0.3, 0.4)",
-                     "c9": ""}
+                     "c9": "", "c10": "input channels scaled"}
     ops = sorted(n.schema.name for n, _ in dm.sdfg.all_nodes_recursive() if isinstance(n, ONNXOp))
-    assert ops == ["Add"] + ["Conv"] * 9 + ["Relu"]
+    assert ops == ["Add"] + ["Conv"] * 10 + ["GlobalAveragePool", "Relu", "Sigmoid"]
     optimize(dm, passes=[[p for p in levels[1] if not isinstance(p, (ChooseImplementations, FuseEpilogues))]] +
              levels[2:])
-    np.testing.assert_allclose(dm(x), expected, rtol=1e-4, atol=1e-5)
+    outputs = dm(x)
+    assert len(outputs) == len(expected) == 2
+    for got, want in zip(outputs, expected):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
 def test_an_epilogue_is_never_dropped_by_another_implementation():

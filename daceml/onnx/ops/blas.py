@@ -18,7 +18,7 @@ import dace
 
 from daceml.onnx.ops import epilogue
 from daceml.onnx.ops.common import is_one, nested_sdfg
-from daceml.onnx.ops.epilogue import RESIDUAL
+from daceml.onnx.ops.epilogue import INPUT_SCALE, RESIDUAL
 from daceml.onnx.ops.registry import CheckedImplementation, Implementation, Rejected, op_implementation
 from daceml.targets.cpu import MKL, OpenBLAS
 
@@ -204,9 +204,10 @@ class MklConv(CheckedImplementation):
     where col is the image itself for a 1x1 conv with stride 1 and no padding, else its im2col
     (built in a workspace by a parallel loop).
     Depthwise convs (one input channel per group) are left to the pure direct kernel.
-    Epilogues (bias, residual, activation) run in one pass over each image's output."""
+    Epilogues (bias, residual, activation) run in one pass over each image's output; a 1x1
+    conv's input scaled per image and channel (squeeze-excitation) scales the weights instead."""
     environments = [MKL]
-    epilogues = tuple(epilogue.ACTIVATIONS) + ("residual", )
+    epilogues = tuple(epilogue.ACTIVATIONS) + ("residual", "input_scale")
 
     @classmethod
     def check(cls, node, state, sdfg):
@@ -225,6 +226,16 @@ class MklConv(CheckedImplementation):
             raise Rejected("depthwise conv (one input channel per group): the pure direct kernel is faster")
         win = window(node, x.shape, y.shape, _static(w.shape[2:], "kernel shape"))
         epilogue.check_residual(node, state, sdfg, "Y")
+        if INPUT_SCALE in node.in_connectors:
+            pointwise = win.kernel == [1, 1] and win.strides == [1, 1] and not any(win.pads_begin + win.pads_end)
+            scale = node.in_desc(state, sdfg, INPUT_SCALE)
+            if not pointwise or group != 1:
+                raise Rejected("an input scale is fused only into 1x1 convs (stride 1, no padding, one group)")
+            shape = list(scale.shape)
+            if len(shape) < 2 or shape[0] not in (x.shape[0], 1) or shape[1] != c or \
+                    any(d != 1 for d in shape[2:]) or scale.dtype != x.dtype:
+                raise Rejected(f"the fused input scale is {scale.dtype}{shape}; it must be "
+                               f"{x.dtype}[{x.shape[0]} or 1, {c}, 1, ...]")
         return win, c, m, group
 
     @classmethod
@@ -277,9 +288,18 @@ class MklConv(CheckedImplementation):
         # bias, residual and activation in one pass over each image's output, after its GEMMs
         residual = "__r" if RESIDUAL in node.in_connectors else None
         finish = epilogue.cpp_apply(node, T, "__y", hw, bias="_B[__m]" if has_bias else None, residual=residual)
+        scaled = INPUT_SCALE in node.in_connectors
+        weights = "_W"
+        if scaled:  # W'[m, c] = W[m, c] * S[n, c]: the conv of the scaled input (1x1, one group)
+            per_image = "__n * " + str(c) if descs[INPUT_SCALE].shape[0] != 1 else "0"
+            code += ["  #pragma omp parallel for",
+                     f"  for (int __m = 0; __m < {m}; ++__m)",
+                     f"    for (int __c = 0; __c < {c}; ++__c) _ws[__m * {c} + __c] = _W[__m * {c} + __c] * "
+                     f"_{INPUT_SCALE}[{per_image} + __c];"]
+            weights = "_ws"
         code += [f"  for (int __g = 0; __g < {group}; ++__g)",
                  f"    {gemm}(CblasRowMajor, CblasNoTrans, CblasNoTrans, {mg}, {hw}, {k}, ({T})1, "
-                 f"_W + (long long)__g * {mg * k}, {k}, __col + (long long)__g * {cg * hw if pointwise else k * hw}, "
+                 f"{weights} + (long long)__g * {mg * k}, {k}, __col + (long long)__g * {cg * hw if pointwise else k * hw}, "
                  f"{hw}, ({T})0, __yn + (long long)__g * {mg * hw}, {hw});"]
         if finish:
             code += ["  #pragma omp parallel for",
@@ -289,18 +309,23 @@ class MklConv(CheckedImplementation):
                 code.append(f"    const {T}* __r = _{RESIDUAL} + __n * {m * hw} + (long long)__m * {hw};")
             code += ["    " + finish, "  }"]
         code.append("}")
-        ins = node.input_connectors() + ([RESIDUAL] if residual else [])
+        ins = node.input_connectors() + ([RESIDUAL] if residual else []) + ([INPUT_SCALE] if scaled else [])
         in_types = {f"_{c_}": dace.pointer(descs[c_].dtype) for c_ in ins}
         out_types = {"_out": dace.pointer(descs["Y"].dtype)}
+        workspaces = {}
         if not pointwise:
-            nsdfg.add_transient("col", (c * kh * kw, hw), x.dtype, storage=dace.StorageType.CPU_Heap)
-            out_types["_col"] = dace.pointer(x.dtype)
+            workspaces["col"] = (c * kh * kw, hw)
+        if scaled:
+            workspaces["ws"] = (m, c)
+        for name, shape in workspaces.items():
+            nsdfg.add_transient(name, shape, x.dtype, storage=dace.StorageType.CPU_Heap)
+            out_types[f"_{name}"] = dace.pointer(x.dtype)
         tasklet = nstate.add_tasklet(f"{node.label}_conv_gemm", in_types, out_types, "\n".join(code),
                                      language=dace.Language.CPP)
         for c_ in ins:
             nstate.add_edge(nstate.add_read(c_), None, tasklet, f"_{c_}", dace.Memlet.from_array(c_, descs[c_]))
         nstate.add_edge(tasklet, "_out", nstate.add_write("Y"), None, dace.Memlet.from_array("Y", descs["Y"]))
-        if not pointwise:
-            nstate.add_edge(tasklet, "_col", nstate.add_write("col"), None,
-                            dace.Memlet.from_array("col", nsdfg.arrays["col"]))
+        for name in workspaces:
+            nstate.add_edge(tasklet, f"_{name}", nstate.add_write(name), None,
+                            dace.Memlet.from_array(name, nsdfg.arrays[name]))
         return nsdfg

@@ -17,6 +17,9 @@ from typing import Dict, Optional, Sequence, Tuple
 
 #: the input connector of a residual addition (added to the output before the activation)
 RESIDUAL = "__daceml_residual"
+#: the input connector of a per-image, per-channel scale of the input (a squeeze-excitation's
+#: ``X * S[N, C, 1, 1]`` before a 1x1 conv becomes a scale of the conv's weights per image)
+INPUT_SCALE = "__daceml_input_scale"
 
 #: activation -> (names of its parameters, in epilogue_params order; their defaults)
 ACTIVATIONS: Dict[str, Tuple[Tuple[str, ...], Tuple[float, ...]]] = {
@@ -70,6 +73,7 @@ def activation_expr(kind: str, params: Sequence[float], T: str, v: str) -> str:
 
 
 def has_epilogue(node) -> bool:
+    """An activation or residual to apply to the output (the input scale is not one)."""
     return bool(getattr(node, "epilogue", "")) or RESIDUAL in node.in_connectors
 
 
@@ -82,6 +86,8 @@ def why_not(impl, node) -> Optional[str]:
         return f"the node has a fused {kind} epilogue, which this implementation does not compute"
     if RESIDUAL in node.in_connectors and "residual" not in supported:
         return "the node has a fused residual addition, which this implementation does not compute"
+    if INPUT_SCALE in node.in_connectors and "input_scale" not in supported:
+        return "the node has a fused scale of its input channels, which this implementation does not compute"
     return None
 
 
@@ -119,6 +125,8 @@ def cpp_apply(node, T: str, out: str, count: str, bias: Optional[str] = None, re
 def describe(node) -> str:
     """The epilogue in words ('' if none), for logs and errors."""
     parts = []
+    if INPUT_SCALE in node.in_connectors:
+        parts.append("input channels scaled")
     if RESIDUAL in node.in_connectors:
         parts.append("+ residual")
     kind = getattr(node, "epilogue", "")
