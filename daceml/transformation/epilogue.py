@@ -35,7 +35,7 @@ from daceml.onnx.ops.epilogue import ACTIVATIONS, INPUT_SCALE, RESIDUAL
 from daceml.transformation.base import Pass, _onnx_nodes
 
 #: ONNX ops fused as activations; SiLU is matched as a pattern of Sigmoid and Mul
-_ACTIVATION_OPS = ("Relu", "Clip", "LeakyRelu", "HardSigmoid", "HardSwish", "Sigmoid", "Tanh")
+_ACTIVATION_OPS = ("Relu", "Clip", "LeakyRelu", "HardSigmoid", "HardSwish", "Sigmoid", "Tanh", "Gelu")
 
 
 def _output(state: dace.SDFGState, node) -> Optional[sdnodes.AccessNode]:
@@ -67,34 +67,58 @@ class FuseEpilogues(Pass):
     Conv's implementation computes them (see the module docstring)."""
     LEVEL = 2
 
+    #: the ops whose implementations may compute epilogues
+    OPS = ("Conv", "Gemm")
+
     def apply(self, sdfg, model=None) -> int:
         from daceml.onnx.ops import registry
         fused = 0
-        convs = 0
-        for conv, state in list(_onnx_nodes(sdfg, "Conv")):
-            impl = registry.would_select(conv, state, sdfg)
+        hosts = 0
+        for node, state in list(_onnx_nodes(sdfg)):
+            if node.schema.name not in self.OPS:
+                continue
+            impl = registry.would_select(node, state, sdfg)
             supported = getattr(impl, "epilogues", ())
             if not supported:
                 continue
             n = 0
             if "input_scale" in supported:
-                n += self._fuse_input_scale(sdfg, state, conv)
+                n += self._fuse_input_scale(sdfg, state, node)
             if "residual" in supported:
-                n += self._fuse_residual(sdfg, state, conv)
-            n += self._fuse_activation(sdfg, state, conv, supported)
+                n += self._fuse_residual(sdfg, state, node)
+            n += self._fuse_activation(sdfg, state, node, supported)
             if n:
-                conv.implementation = impl.name  # the epilogue is that implementation's
+                node.implementation = impl.name  # the epilogue is that implementation's
                 fused += n
-                convs += 1
-        self._detail = f"{fused} node(s) fused into {convs} Conv(s)"
+                hosts += 1
+        self._detail = f"{fused} node(s) fused into {hosts} Conv/Gemm node(s)"
         return fused
 
     # --- the patterns ----------------------------------------------------------------------
 
+    @staticmethod
+    def _result(sdfg, state, node):
+        """(access node whose consumers are matched, the node writing it) for ``node``'s output:
+        its own output, or for a Gemm the output of a Reshape that is its only consumer (a
+        linear layer on 3-D input: the elementwise nodes after it see the unflattened tensor).
+        None if the output is not a private transient."""
+        y = _output(state, node)
+        if y is None or not _private(sdfg, state, y):
+            return None
+        cons = _consumers(state, y)
+        if node.schema.name == "Gemm" and len(cons) == 1 and isinstance(cons[0][0], ONNXOp) and \
+                cons[0][0].schema.name == "Reshape" and cons[0][1] == "data":
+            r = _output(state, cons[0][0])
+            if r is not None and _private(sdfg, state, r):
+                return r, cons[0][0]
+            return None
+        return y, node
+
     def _fuse_residual(self, sdfg, state, conv) -> int:
-        y = _output(state, conv)
-        if y is None or RESIDUAL in conv.in_connectors or conv.epilogue or not _private(sdfg, state, y):
+        found = self._result(sdfg, state, conv)
+        if found is None or RESIDUAL in conv.in_connectors or conv.epilogue:
             return 0
+        y, writer = found
         cons = _consumers(state, y)
         if len(cons) != 1 or not isinstance(cons[0][0], ONNXOp) or cons[0][0].schema.name != "Add":
             return 0
@@ -112,7 +136,7 @@ class FuseEpilogues(Pass):
             return 0
         conv.add_in_connector(RESIDUAL)
         state.add_edge(other.src, other.src_conn, conv, RESIDUAL, sdfg.make_array_memlet(other.src.data))
-        self._replace_output(sdfg, state, conv, y, [add], out)
+        self._replace_output(sdfg, state, writer, y, [add], out)
         return 1
 
     def _fuse_input_scale(self, sdfg, state, conv) -> int:
@@ -158,9 +182,10 @@ class FuseEpilogues(Pass):
 
     def _fuse_activation(self, sdfg, state, conv, supported) -> int:
         from daceml.onnx.ops.common import constant_input
-        y = _output(state, conv)
-        if y is None or conv.epilogue or not _private(sdfg, state, y):
+        found = self._result(sdfg, state, conv)
+        if found is None or conv.epilogue:
             return 0
+        y, writer = found
         cons = _consumers(state, y)
         if not all(isinstance(c, ONNXOp) for c, _ in cons):
             return 0
@@ -182,6 +207,8 @@ class FuseEpilogues(Pass):
                         params.append(float(value.reshape(-1)[0]))
                     else:
                         params.append(default)
+                elif op == "Gelu":
+                    params.append(1.0 if (act.approximate or "none") == "tanh" else 0.0)
                 else:
                     value = getattr(act, name, None)
                     params.append(default if value is None else float(value))
@@ -201,17 +228,17 @@ class FuseEpilogues(Pass):
             return 0
         conv.epilogue = op
         conv.epilogue_params = params
-        self._replace_output(sdfg, state, conv, y, removed, last)
+        self._replace_output(sdfg, state, writer, y, removed, last)
         return len(removed)
 
     @staticmethod
-    def _replace_output(sdfg, state, conv, y, removed, out) -> None:
-        """The conv writes ``out`` (what the last of ``removed`` wrote); ``removed``, ``y`` and
-        the accesses only they used go."""
-        (old, ) = state.out_edges(conv)
+    def _replace_output(sdfg, state, writer, y, removed, out) -> None:
+        """``writer`` (the conv or gemm, or the reshape after a gemm) writes ``out`` (what the
+        last of ``removed`` wrote); ``removed``, ``y`` and the accesses only they used go."""
+        (old, ) = state.out_edges(writer)
         (last, ) = state.in_edges(out)
         sources = [e.src for n in removed for e in state.in_edges(n) if e.src is not y]
-        state.add_edge(conv, old.src_conn, out, last.dst_conn, sdfg.make_array_memlet(out.data))
+        state.add_edge(writer, old.src_conn, out, last.dst_conn, sdfg.make_array_memlet(out.data))
         for n in removed:
             state.remove_node(n)
         state.remove_node(y)

@@ -10,7 +10,7 @@ from torch import nn
 from daceml.onnx import ONNXModel
 from daceml.onnx.nodes import ONNXOp
 from daceml.onnx.ops import epilogue, registry
-from daceml.targets.cpu import MKL
+from daceml.targets.cpu import MKL, OpenBLAS
 from daceml.testing.onnx_compare import make_model, run_onnxruntime
 from daceml.torch import DaceModule
 from daceml.transformation import optimize, pipeline
@@ -90,9 +90,9 @@ def test_an_epilogue_is_never_dropped_by_another_implementation():
         reason = registry._reason(impl, node, state, dm.sdfg)
         if not hasattr(impl, "epilogues"):
             assert reason is not None and "epilogue" in reason, name
-    node.epilogue = "Gelu"  # no implementation computes it
+    node.epilogue = "Softplus"  # no implementation computes it
     assert registry.would_select(node, state, dm.sdfg) is None
-    assert "Gelu epilogue" in str(pytest.raises(Exception, registry.select, node, state, dm.sdfg).value)
+    assert "Softplus epilogue" in str(pytest.raises(Exception, registry.select, node, state, dm.sdfg).value)
 
 
 class _ResBlock(nn.Module):
@@ -119,3 +119,36 @@ def test_gradients_through_fused_convs_equal_eager():
         torch.testing.assert_close(p2.grad, p.grad, rtol=1e-4, atol=1e-4, msg=name)
     with torch.no_grad():
         torch.testing.assert_close(dm(x), m(x), rtol=1e-4, atol=1e-4)
+
+
+class _FeedForward(nn.Module):
+    """A transformer feed-forward block on 3-D input (the exporter's MatMul + Add, made a Gemm
+    between reshapes at level 1), and a 2-D linear layer with ReLU."""
+
+    def __init__(self):
+        super().__init__()
+        self.up, self.down, self.head = nn.Linear(16, 32), nn.Linear(32, 16), nn.Linear(16, 8)
+
+    def forward(self, x):
+        h = x + self.down(torch.nn.functional.gelu(self.up(x)))
+        return torch.relu(self.head(h.reshape(-1, 16)))
+
+
+@pytest.mark.parametrize("library", ["blas", "mkl"])
+def test_gelu_residual_and_relu_fuse_into_gemms(library, monkeypatch):
+    from daceml.transformation import passes
+    if library == "mkl" and not MKL.is_installed():
+        pytest.skip("the mkl wheels are an optional extra")
+    if library == "blas" and not OpenBLAS.is_installed():
+        pytest.skip("OpenBLAS is not installed")
+    monkeypatch.setitem(passes.FAST_IMPLEMENTATIONS["cpu"], "Gemm", [library])
+    torch.manual_seed(0)
+    m = _FeedForward().eval()
+    x = torch.randn(2, 5, 16)
+    proto = torch.onnx.export(m, (x, ), dynamo=True, external_data=False).model_proto
+    dm = ONNXModel(proto, name=f"epilogue_gemms_{library}")
+    report = optimize(dm, level=4)
+    fuse = next(p for p in report.passes if p.name == "FuseEpilogues")
+    assert fuse.changes == 3, fuse.detail  # Gelu, the residual Add, Relu
+    with torch.no_grad():
+        np.testing.assert_allclose(dm(x.numpy()), m(x).numpy(), rtol=1e-5, atol=1e-5)

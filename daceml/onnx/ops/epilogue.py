@@ -32,6 +32,8 @@ ACTIVATIONS: Dict[str, Tuple[Tuple[str, ...], Tuple[float, ...]]] = {
     "Tanh": ((), ()),
     # x * sigmoid(x): the exporters' SiLU / Swish (a Sigmoid and a Mul reading the same tensor)
     "SiLU": ((), ()),
+    # approximate: 0 (erf) or 1 (tanh)
+    "Gelu": (("approximate", ), (0.0, )),
 }
 
 
@@ -69,6 +71,12 @@ def activation_expr(kind: str, params: Sequence[float], T: str, v: str) -> str:
         return f"({one} / ({one} + {exp}(-{v})))"
     if kind == "Tanh":
         return f"{tanh}({v})"
+    if kind == "Gelu":
+        erf = "erff" if T == "float" else "erf"
+        if params[0]:
+            return (f"(({T})0.5 * {v} * ({one} + {tanh}(({T})0.7978845608028654 * "
+                    f"({v} + ({T})0.044715 * {v} * {v} * {v}))))")
+        return f"(({T})0.5 * {v} * ({one} + {erf}({v} * ({T})0.7071067811865476)))"
     return f"({v} * ({one} / ({one} + {exp}(-{v}))))"  # SiLU
 
 
