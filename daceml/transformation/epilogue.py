@@ -1,4 +1,4 @@
-"""Level 2: residual additions and activations after a Conv computed by the Conv's implementation.
+"""Level 2: residual additions and activations after a Conv or Gemm computed by its implementation.
 
 ``Relu(Add(Conv(X), R))`` reads and writes the conv's output twice more after the conv wrote
 it (once per node, each a parallel region of its own). When the conv's implementation lists
@@ -11,14 +11,17 @@ nothing else:
 - a residual ``Add`` of a tensor of the output's shape and type (computed before the Conv: it
   must not depend on the Conv's output);
 - one activation: Relu, Clip (constant bounds), LeakyRelu, HardSigmoid, HardSwish, Sigmoid,
-  Tanh, or SiLU (``Mul(Y, Sigmoid(Y))``, how the exporters write ``x * sigmoid(x)``).
+  Tanh, Gelu, or SiLU (``Mul(Y, Sigmoid(Y))``, how the exporters write ``x * sigmoid(x)``).
+
+The same after a Gemm, also through the Reshape that follows a linear layer on 3-D input (the
+reshape then writes what the last fused node wrote; elementwise nodes commute with it).
 
 And before a 1x1 Conv, a squeeze-excitation's ``Mul(X, S)`` with ``S`` of shape
 ``[N or 1, C, 1, 1]``: the conv reads ``X`` and scales its weights per image instead (an
 ``M x C`` product per image instead of a pass over the ``C x H x W`` activation).
 
 Runs after ChooseImplementations: it asks the registry which implementation would expand
-the Conv and fuses only what that implementation computes (on CUDA nothing, for now). A
+the node and fuses only what that implementation computes (on CUDA nothing, for now). A
 training program's forward pass keeps what its backward pass reads (those are not transients
 read only by the next node), so gradients are unchanged.
 """
@@ -63,8 +66,9 @@ def _same(sdfg, a: str, b: str) -> bool:
 
 @properties.make_properties
 class FuseEpilogues(Pass):
-    """A residual Add and an activation after a Conv become the Conv's epilogue, where the
-    Conv's implementation computes them (see the module docstring)."""
+    """A residual Add and an activation after a Conv or Gemm become its epilogue, and a
+    squeeze-excitation scale before a 1x1 Conv its input scale, where the node's implementation
+    computes them (see the module docstring)."""
     LEVEL = 2
 
     #: the ops whose implementations may compute epilogues
@@ -114,9 +118,9 @@ class FuseEpilogues(Pass):
             return None
         return y, node
 
-    def _fuse_residual(self, sdfg, state, conv) -> int:
-        found = self._result(sdfg, state, conv)
-        if found is None or RESIDUAL in conv.in_connectors or conv.epilogue:
+    def _fuse_residual(self, sdfg, state, node) -> int:
+        found = self._result(sdfg, state, node)
+        if found is None or RESIDUAL in node.in_connectors or node.epilogue:
             return 0
         y, writer = found
         cons = _consumers(state, y)
@@ -131,11 +135,11 @@ class FuseEpilogues(Pass):
             return 0
         if other.data.subset.num_elements() != sdfg.arrays[other.src.data].total_size:
             return 0
-        # the residual must be ready before the conv runs: no path from the conv to it
-        if nx.has_path(state.nx, conv, other.src):
+        # the residual must be ready before the node runs: no path from the node to it
+        if nx.has_path(state.nx, node, other.src):
             return 0
-        conv.add_in_connector(RESIDUAL)
-        state.add_edge(other.src, other.src_conn, conv, RESIDUAL, sdfg.make_array_memlet(other.src.data))
+        node.add_in_connector(RESIDUAL)
+        state.add_edge(other.src, other.src_conn, node, RESIDUAL, sdfg.make_array_memlet(other.src.data))
         self._replace_output(sdfg, state, writer, y, [add], out)
         return 1
 
@@ -180,10 +184,10 @@ class FuseEpilogues(Pass):
         sdfg.remove_data(a.data, validate=False)
         return 1
 
-    def _fuse_activation(self, sdfg, state, conv, supported) -> int:
+    def _fuse_activation(self, sdfg, state, node, supported) -> int:
         from daceml.onnx.ops.common import constant_input
-        found = self._result(sdfg, state, conv)
-        if found is None or conv.epilogue:
+        found = self._result(sdfg, state, node)
+        if found is None or node.epilogue:
             return 0
         y, writer = found
         cons = _consumers(state, y)
@@ -226,8 +230,8 @@ class FuseEpilogues(Pass):
             return 0
         if last is None or not _same(sdfg, last.data, y.data):
             return 0
-        conv.epilogue = op
-        conv.epilogue_params = params
+        node.epilogue = op
+        node.epilogue_params = params
         self._replace_output(sdfg, state, writer, y, removed, last)
         return len(removed)
 
