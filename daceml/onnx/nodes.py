@@ -143,6 +143,10 @@ class ONNXOp(sdnodes.LibraryNode):
                                    "output; '' for none")
     epilogue_params = properties.ListProperty(element_type=float, default=[],
                                               desc="the epilogue activation's parameters (e.g. Clip's min, max)")
+    # set by the level-2 pass FoldTransposesIntoMatMul: connector -> permutation
+    operand_perms = properties.DictProperty(key_type=str, value_type=list, default={},
+                                            desc="inputs read through a transpose (the array connected is the "
+                                            "transpose's input) and the output written through one")
 
     def __init__(self, name: str, *, inputs: Optional[List[str]] = None, outputs: Optional[List[str]] = None,
                  location: Optional[Dict[str, str]] = None, **attributes: Any):

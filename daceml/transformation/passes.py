@@ -17,6 +17,7 @@ from daceml.transformation.eliminate import EliminateLayoutOps
 from daceml.transformation.epilogue import FuseEpilogues
 from daceml.transformation.hoist import HoistWeightComputations
 from daceml.transformation.linear import MatMulAddToGemm
+from daceml.transformation.operands import FoldTransposesIntoMatMul
 from daceml.transformation.views import ReshapesAsViews
 
 log = logging.getLogger(__name__)
@@ -328,7 +329,8 @@ class ReuseTransients(Pass):
 PASSES = {c.__name__: c for c in (RemoveIdentities, FoldShapeInputs, RemoveDeadNodes, MatMulAddToGemm,
                                   FoldBatchNormIntoConv, EliminateLayoutOps,
                                   ChooseImplementations, ReshapesAsViews, ExpandLibraryNodes, InlineAndSimplify, FuseMaps,
-                                  PersistentTransients, ReuseTransients, HoistWeightComputations, FuseEpilogues)}
+                                  PersistentTransients, ReuseTransients, HoistWeightComputations, FuseEpilogues,
+                                  FoldTransposesIntoMatMul)}
 
 
 def level_passes(level: int, device: str = "cpu") -> List[Pass]:
@@ -338,7 +340,8 @@ def level_passes(level: int, device: str = "cpu") -> List[Pass]:
                 FoldBatchNormIntoConv()]
     if level == 2:
         hoist = [HoistWeightComputations()] if device == "cpu" else []
-        return hoist + [ChooseImplementations(device=device), FuseEpilogues(), ExpandLibraryNodes()]
+        return hoist + [ChooseImplementations(device=device), FuseEpilogues(), FoldTransposesIntoMatMul(),
+                        ExpandLibraryNodes()]
     if level == 3:
         return [InlineAndSimplify(), FuseMaps()]
     if level == 4:

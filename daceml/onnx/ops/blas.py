@@ -228,8 +228,134 @@ class BlasMatMul(_BlasMatMul):
 
 @op_implementation("MatMul", name="mkl")
 class MklMatMul(_BlasMatMul):
-    """MatMul through oneMKL (batched products: one cblas_?gemm_batch_strided call)."""
+    """MatMul through oneMKL (batched products: one cblas_?gemm_batch_strided call). Operands
+    read or written through fused transposes (``operand_perms``, FoldTransposesIntoMatMul) are
+    passed with their strides: leading dimensions, transpose flags and batch strides."""
     environments = [MKL]
+    epilogues = ("operand_perms", )
+
+    @classmethod
+    def why_not(cls, node, state, sdfg):
+        reason = super().why_not(node, state, sdfg)
+        if reason is None and node.operand_perms:
+            try:
+                _strided_operands(node, state, sdfg)
+            except Rejected as ex:
+                return str(ex)
+        return reason
+
+    @staticmethod
+    def operand_strides_reason(descs, perms):
+        """None if operands ``descs`` ({A, B, Y: array}) read/written through ``perms`` can be
+        passed to one batched call per batch, else why not."""
+        try:
+            strided_operands(descs, perms)
+        except Rejected as ex:
+            return str(ex)
+        return None
+
+    @classmethod
+    def expansion(cls, node, state, sdfg):
+        if not node.operand_perms:
+            return super().expansion(node, state, sdfg)
+        return _strided_matmul(node, state, sdfg)
+
+
+def _row_major(shape: Sequence[int]) -> List[int]:
+    strides, acc = [], 1
+    for size in reversed(shape):
+        strides.insert(0, acc)
+        acc *= size
+    return strides
+
+
+def _strided_operands(node, state, sdfg):
+    """Shape and element strides of A, B and the product as MKL sees them, for a batched MatMul
+    with ``operand_perms``; raises Rejected where one call per batch cannot take them."""
+    descs = {"A": node.in_desc(state, sdfg, "A"), "B": node.in_desc(state, sdfg, "B"), "Y": node.out_desc(state, sdfg, "Y")}
+    return strided_operands(descs, node.operand_perms)
+
+
+def strided_operands(descs, perms):
+    """:func:`_strided_operands` for the arrays ``descs`` ({A, B, Y: data descriptor}) and
+    ``perms`` ({connector: permutation}) of a MatMul."""
+    seen = {}
+    for conn, desc in descs.items():
+        if any(dace.symbolic.issymbolic(d) for d in desc.shape):
+            raise Rejected(f"{conn} has a symbolic shape; fused transposes need static shapes")
+        shape = [int(d) for d in desc.shape]
+        strides = _row_major(shape)
+        if [int(x) for x in desc.strides] != strides:
+            raise Rejected(f"{conn} is not a contiguous row-major array")
+        perm = [int(p) for p in perms.get(conn, [])] or list(range(len(shape)))
+        if sorted(perm) != list(range(len(shape))):
+            raise Rejected(f"the permutation {perm} of {conn} does not match its rank {len(shape)}")
+        if conn == "Y":  # the array written is transpose(product, perm): product axis perm[k] is its axis k
+            pshape, pstrides = [0] * len(shape), [0] * len(shape)
+            for k, j in enumerate(perm):
+                pshape[j], pstrides[j] = shape[k], strides[k]
+            seen[conn] = (pshape, pstrides)
+        else:
+            seen[conn] = ([shape[p] for p in perm], [strides[p] for p in perm])
+    ranks = {len(v[0]) for v in seen.values()}
+    if len(ranks) != 1 or ranks.pop() < 3:
+        raise Rejected("fused transposes are supported for batched products of equal ranks (>= 3)")
+    (sa, _), (sb, _), (sy, _) = seen["A"], seen["B"], seen["Y"]
+    for i, (x, y, z) in enumerate(zip(sa[:-2], sb[:-2], sy[:-2])):
+        if z != max(x, y) or x not in (1, z) or y not in (1, z):
+            raise Rejected(f"batch dimension {i}: A {x}, B {y}, product {z} do not broadcast")
+    if sa[-1] != sb[-2] or sy[-2:] != [sa[-2], sb[-1]]:
+        raise Rejected(f"shapes {sa} x {sb} -> {sy} do not multiply")
+    if seen["Y"][1][-1] != 1 or (sy[-2] > 1 and seen["Y"][1][-2] < sy[-1]):
+        raise Rejected("the product must be written with unit stride along its rows")
+    for conn in ("A", "B"):
+        (rows, cols), (sr, sc) = seen[conn][0][-2:], seen[conn][1][-2:]
+        if not (sc == 1 and (rows == 1 or sr >= cols)) and not (sr == 1 and (cols == 1 or sc >= rows)):
+            raise Rejected(f"{conn} has strides {sr}, {sc} on its matrix dims: neither is unit")
+    return seen
+
+
+def _strided_matmul(node, state, sdfg):
+    seen = _strided_operands(node, state, sdfg)
+    gemm, T = _GEMM[node.in_desc(state, sdfg, "A").dtype]
+    sa, sb, (sy, ty) = seen["A"][0], seen["B"][0], seen["Y"]
+    m, k, n = sa[-2], sa[-1], sb[-1]
+
+    def matrix(conn):
+        (rows, cols), (sr, sc) = seen[conn][0][-2:], seen[conn][1][-2:]
+        if sc == 1 and (rows == 1 or sr >= cols):
+            return "CblasNoTrans", max(sr, cols)
+        return "CblasTrans", max(sc, rows)
+
+    (opa, lda), (opb, ldb) = matrix("A"), matrix("B")
+    ldc = max(ty[-2], n)
+    batch = sy[:-2]
+
+    def stride(conn, d):
+        shape, strides = seen[conn]
+        return 0 if shape[d] == 1 else strides[d]
+
+    last = len(batch) - 1
+    footprint = {"A": lda * (k if opa == "CblasTrans" else m), "B": ldb * (n if opb == "CblasTrans" else k),
+                 "Y": ldc * m}
+    if all(stride(c, last) == 0 or stride(c, last) >= footprint[c] for c in footprint):
+        # the matrices of the last batch dim do not overlap: one strided batch call per outer index
+        lines = [f"for (long long __i{d} = 0; __i{d} < {batch[d]}; ++__i{d})" for d in range(last)]
+        off = {c: " + ".join([f"__i{d} * {stride(c, d)}" for d in range(last)] or ["0"]) for c in footprint}
+        lines.append(f"  {gemm}_batch_strided(CblasRowMajor, {opa}, {opb}, {m}, {n}, {k}, ({T})1, _A + {off['A']}, "
+                     f"{lda}, {stride('A', last)}, _B + {off['B']}, {ldb}, {stride('B', last)}, ({T})0, "
+                     f"_out + {off['Y']}, {ldc}, {stride('Y', last)}, {batch[last]});")
+    else:
+        # interleaved matrices (heads of one row side by side), which MKL's strided batch call
+        # refuses for the product: the batch in parallel, one sequential GEMM per index
+        lines = ["#pragma omp parallel for", f"for (long long __b = 0; __b < {math.prod(batch)}; ++__b) {{",
+                 "  long long __r = __b;"]
+        for d in reversed(range(len(batch))):
+            lines.append(f"  const long long __i{d} = __r % {batch[d]}; __r /= {batch[d]};")
+        off = {c: " + ".join(f"__i{d} * {stride(c, d)}" for d in range(len(batch))) for c in footprint}
+        lines += [f"  {gemm}(CblasRowMajor, {opa}, {opb}, {m}, {n}, {k}, ({T})1, _A + {off['A']}, {lda}, "
+                  f"_B + {off['B']}, {ldb}, ({T})0, _out + {off['Y']}, {ldc});", "}"]
+    return _tasklet(node, state, sdfg, ["A", "B"], "\n".join(lines))
 
 
 @op_implementation("Gemm", name="blas")

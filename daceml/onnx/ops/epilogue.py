@@ -96,6 +96,9 @@ def why_not(impl, node) -> Optional[str]:
         return "the node has a fused residual addition, which this implementation does not compute"
     if INPUT_SCALE in node.in_connectors and "input_scale" not in supported:
         return "the node has a fused scale of its input channels, which this implementation does not compute"
+    if getattr(node, "operand_perms", None) and "operand_perms" not in supported:
+        return f"the node reads or writes through fused transposes {dict(node.operand_perms)}, which this " \
+               "implementation does not do"
     return None
 
 
@@ -133,6 +136,8 @@ def cpp_apply(node, T: str, out: str, count: str, bias: Optional[str] = None, re
 def describe(node) -> str:
     """The epilogue in words ('' if none), for logs and errors."""
     parts = []
+    if getattr(node, "operand_perms", None):
+        parts.append("transposed operands " + ", ".join(f"{c}{list(p)}" for c, p in sorted(node.operand_perms.items())))
     if INPUT_SCALE in node.in_connectors:
         parts.append("input channels scaled")
     if RESIDUAL in node.in_connectors:
