@@ -5,13 +5,16 @@ pass by pass.
 usage: python examples/mbconv_recipe.py [--threads 2] [--rounds 10] [--verify]
 
 What the default pipeline does to it (the printed table says how much of each):
-- level 1: the three BatchNorms fold into the convolutions before them (weights and biases
-  computed from the live parameters);
-- level 2: those folded weights are hoisted into a prep program that runs only when a
-  parameter changes; the 1x1 convs with many input channels go to oneMKL, the others and the
-  depthwise conv to the direct kernel; every SiLU (Sigmoid + Mul) and the residual Add become
-  part of the conv before them, the squeeze-excitation scale a per-image scale of the project
-  conv's weights (FuseEpilogues); the depthwise conv pads each channel in its own buffer;
+- level 1: nothing to do here: the exporter (``torch.onnx.export(..., dynamo=True)`` on an
+  eval-mode module) has already folded the three BatchNorms into the conv weights; a graph that
+  keeps BatchNormalization nodes gets them folded by FoldBatchNormIntoConv, and the folded
+  weights are then computed by a prep program only when a parameter changes
+  (HoistWeightComputations, level 2);
+- level 2: the 1x1 convs with many input channels go to oneMKL, the others and the depthwise
+  conv to the direct kernel; every SiLU (Sigmoid + Mul) and the residual Add become part of
+  the conv before them, the squeeze-excitation scale a per-image scale of the project conv's
+  weights (FuseEpilogues: 9 nodes into 5 convs); the depthwise conv pads each channel in its
+  own buffer;
 - level 3: inlined, the remaining elementwise maps fused;
 - level 4: transients allocated once per program.
 
