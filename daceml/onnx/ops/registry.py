@@ -33,6 +33,7 @@ import importlib
 import inspect
 import logging
 import os
+import sys
 from typing import Any, Callable, Dict, List, Optional, Type
 
 import dace
@@ -286,7 +287,6 @@ def _source_of(cls: type, files: Dict[str, str]) -> str:
     """What identifies the code of ``cls``: the SHA-256 of its module's file (hashed once per
     file; ``inspect.getsource`` per class took seconds for the registry's hundreds of classes),
     or its source text where it has no file (classes made interactively)."""
-    import sys
     module = sys.modules.get(cls.__module__)
     path = getattr(module, "__file__", None)
     if path and os.path.exists(path):
