@@ -9,7 +9,7 @@ from typing import Dict, List, Optional, Sequence
 import dace
 from dace import symbolic
 
-from daceml.onnx.ops.common import cpp, is_one
+from daceml.onnx.ops.common import cpp, is_one, row_major  # noqa: F401 (row_major re-exported)
 
 
 def ctype(dtype: dace.typeclass) -> str:
@@ -24,14 +24,6 @@ def offset(strides: Sequence, index: Sequence[str]) -> str:
     """C++ flat offset of ``index`` (expressions) in an array with ``strides``."""
     terms = [f"({i}) * {cpp(s)}" for i, s in zip(index, strides) if i != "0"]
     return " + ".join(terms) or "0"
-
-
-def row_major(shape: Sequence) -> List:
-    strides, acc = [], 1
-    for s in reversed(list(shape)):
-        strides.append(acc)
-        acc = acc * s
-    return list(reversed(strides))
 
 
 def array_kernel(bp, name: str, ranges: Dict[str, str], inputs: Dict[str, str], outputs: Dict[str, str], code: str,

@@ -17,7 +17,7 @@ from typing import List, Sequence
 import dace
 
 from daceml.onnx.ops import epilogue
-from daceml.onnx.ops.common import is_one, nested_sdfg
+from daceml.onnx.ops.common import is_one, nested_sdfg, row_major
 from daceml.onnx.ops.epilogue import INPUT_SCALE, RESIDUAL
 from daceml.onnx.ops.registry import CheckedImplementation, Implementation, Rejected, op_implementation
 from daceml.targets.cpu import MKL, OpenBLAS
@@ -169,10 +169,7 @@ class _BlasGemm(Implementation):
         if epilogue.has_epilogue(node):
             return _BlasGemm._with_epilogue(node, state, sdfg, gemm, ctype, ta, tb, alpha, beta, M, N, K)
         if has_c:
-            c = list(node.in_desc(state, sdfg, "C").shape)
-            c = [1] * (2 - len(c)) + c if len(c) < 2 else c
-            rows_one, cols_one = is_one(c[0]), is_one(c[1])
-            ci = f"{'0' if rows_one else '__i'} * {'1' if cols_one else N} + {'0' if cols_one else '__j'}"
+            ci = _BlasGemm._c_index(node, state, sdfg, N)
             lines += ["#pragma omp parallel for",
                       f"for (long long __i = 0; __i < {M}; ++__i)",
                       f"  for (long long __j = 0; __j < {N}; ++__j) _out[__i * {N} + __j] = _C[{ci}];"]
@@ -183,17 +180,21 @@ class _BlasGemm(Implementation):
 
 
     @staticmethod
+    def _c_index(node, state, sdfg, N: str) -> str:
+        """C++ index into C (broadcast to M x N) of element (__i, __j)."""
+        c = list(node.in_desc(state, sdfg, "C").shape)
+        c = [1] * (2 - len(c)) + c if len(c) < 2 else c
+        rows_one, cols_one = is_one(c[0]), is_one(c[1])
+        return f"{'0' if rows_one else '__i'} * {'1' if cols_one else N} + {'0' if cols_one else '__j'}"
+
+    @staticmethod
     def _with_epilogue(node, state, sdfg, gemm, ctype, ta, tb, alpha, beta, M, N, K):
         """Y = beta C + residual first (one pass), the product accumulated onto it (beta = 1),
         then the activation in one pass. (Product first with beta = 0 and one pass for all of
         it measured 2% slower on the MLP and BERT benchmarks: MKL's beta = 1 path over a warm Y.)"""
         bias = None
         if "C" in node.in_connectors:
-            c = list(node.in_desc(state, sdfg, "C").shape)
-            c = [1] * (2 - len(c)) + c if len(c) < 2 else c
-            rows_one, cols_one = is_one(c[0]), is_one(c[1])
-            ci = f"{'0' if rows_one else '__i'} * {'1' if cols_one else N} + {'0' if cols_one else '__j'}"
-            bias = f"({ctype}){beta!r} * _C[{ci}]"
+            bias = f"({ctype}){beta!r} * _C[{_BlasGemm._c_index(node, state, sdfg, N)}]"
         residual = RESIDUAL in node.in_connectors
         lines = []
         if bias or residual:
@@ -213,11 +214,7 @@ class _BlasGemm(Implementation):
 
 def _contiguous(desc) -> bool:
     """Row-major strides without gaps."""
-    expected, stride = [], 1
-    for size in reversed(list(desc.shape)):
-        expected.insert(0, stride)
-        stride = stride * size
-    return all(dace.symbolic.simplify(a - b) == 0 for a, b in zip(desc.strides, expected))
+    return all(dace.symbolic.simplify(a - b) == 0 for a, b in zip(desc.strides, row_major(desc.shape)))
 
 
 @op_implementation("MatMul", name="blas")
@@ -238,10 +235,7 @@ class MklMatMul(_BlasMatMul):
     def why_not(cls, node, state, sdfg):
         reason = super().why_not(node, state, sdfg)
         if reason is None and node.operand_perms:
-            try:
-                _strided_operands(node, state, sdfg)
-            except Rejected as ex:
-                return str(ex)
+            return cls.operand_strides_reason(_matmul_descs(node, state, sdfg), node.operand_perms)
         return reason
 
     @staticmethod
@@ -261,30 +255,20 @@ class MklMatMul(_BlasMatMul):
         return _strided_matmul(node, state, sdfg)
 
 
-def _row_major(shape: Sequence[int]) -> List[int]:
-    strides, acc = [], 1
-    for size in reversed(shape):
-        strides.insert(0, acc)
-        acc *= size
-    return strides
-
-
-def _strided_operands(node, state, sdfg):
-    """Shape and element strides of A, B and the product as MKL sees them, for a batched MatMul
-    with ``operand_perms``; raises Rejected where one call per batch cannot take them."""
-    descs = {"A": node.in_desc(state, sdfg, "A"), "B": node.in_desc(state, sdfg, "B"), "Y": node.out_desc(state, sdfg, "Y")}
-    return strided_operands(descs, node.operand_perms)
+def _matmul_descs(node, state, sdfg):
+    return {"A": node.in_desc(state, sdfg, "A"), "B": node.in_desc(state, sdfg, "B"), "Y": node.out_desc(state, sdfg, "Y")}
 
 
 def strided_operands(descs, perms):
-    """:func:`_strided_operands` for the arrays ``descs`` ({A, B, Y: data descriptor}) and
-    ``perms`` ({connector: permutation}) of a MatMul."""
+    """Shape and element strides of A, B and the product as MKL sees them, for a batched MatMul
+    over the arrays ``descs`` ({A, B, Y: data descriptor}) read/written through ``perms``
+    ({connector: permutation}); raises Rejected where one call per batch cannot take them."""
     seen = {}
     for conn, desc in descs.items():
         if any(dace.symbolic.issymbolic(d) for d in desc.shape):
             raise Rejected(f"{conn} has a symbolic shape; fused transposes need static shapes")
         shape = [int(d) for d in desc.shape]
-        strides = _row_major(shape)
+        strides = row_major(shape)
         if [int(x) for x in desc.strides] != strides:
             raise Rejected(f"{conn} is not a contiguous row-major array")
         perm = [int(p) for p in perms.get(conn, [])] or list(range(len(shape)))
@@ -316,7 +300,7 @@ def strided_operands(descs, perms):
 
 
 def _strided_matmul(node, state, sdfg):
-    seen = _strided_operands(node, state, sdfg)
+    seen = strided_operands(_matmul_descs(node, state, sdfg), node.operand_perms)
     gemm, T = _GEMM[node.in_desc(state, sdfg, "A").dtype]
     sa, sb, (sy, ty) = seen["A"][0], seen["B"][0], seen["Y"]
     m, k, n = sa[-2], sa[-1], sb[-1]

@@ -41,6 +41,15 @@ def shape_of(desc: dt.Data) -> Tuple:
     return tuple(desc.shape)
 
 
+def row_major(shape: Sequence) -> List:
+    """The element strides of a contiguous row-major array of ``shape``."""
+    strides, acc = [], 1
+    for size in reversed(list(shape)):
+        strides.append(acc)
+        acc = acc * size
+    return list(reversed(strides))
+
+
 def is_one(size) -> bool:
     try:
         return bool(symbolic.simplify(size) == 1)
