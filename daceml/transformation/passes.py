@@ -17,6 +17,7 @@ from daceml.transformation.eliminate import EliminateLayoutOps
 from daceml.transformation.epilogue import FuseEpilogues
 from daceml.transformation.hoist import HoistWeightComputations
 from daceml.transformation.linear import MatMulAddToGemm
+from daceml.transformation.memory import PlanMemory
 from daceml.transformation.operands import FoldTransposesIntoMatMul
 from daceml.transformation.views import ReshapesAsViews
 
@@ -313,23 +314,10 @@ class PersistentTransients(Pass):
         return n
 
 
-@properties.make_properties
-class ReuseTransients(Pass):
-    """Lets transients whose lifetimes do not overlap share memory (DaCe TransientReuse)."""
-    LEVEL = 4
-
-    def apply(self, sdfg, model=None) -> int:
-        from dace.transformation.passes.transient_reuse import TransientReuse
-        res = TransientReuse().apply_pass(sdfg, {})
-        n = len(res) if res else 0
-        self._detail = f"{n} array(s) reuse memory"
-        return n
-
-
 PASSES = {c.__name__: c for c in (RemoveIdentities, FoldShapeInputs, RemoveDeadNodes, MatMulAddToGemm,
                                   FoldBatchNormIntoConv, EliminateLayoutOps,
                                   ChooseImplementations, ReshapesAsViews, ExpandLibraryNodes, InlineAndSimplify, FuseMaps,
-                                  PersistentTransients, ReuseTransients, HoistWeightComputations, FuseEpilogues,
+                                  PersistentTransients, PlanMemory, HoistWeightComputations, FuseEpilogues,
                                   FoldTransposesIntoMatMul)}
 
 
@@ -345,5 +333,5 @@ def level_passes(level: int, device: str = "cpu") -> List[Pass]:
     if level == 3:
         return [InlineAndSimplify(), FuseMaps()]
     if level == 4:
-        return [ReshapesAsViews(), PersistentTransients()]
+        return [ReshapesAsViews(), PersistentTransients(), PlanMemory()]
     raise ValueError(f"no level {level}; levels are 1..4")
