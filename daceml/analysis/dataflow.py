@@ -21,10 +21,11 @@ the SDFG renderer uses).
 import ast
 import math
 import re
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence
 
 import dace
 from dace import symbolic
+from dace import data as dt
 from dace.sdfg import nodes as sdnodes
 
 _SHAPE_OPS = {"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Concat", "Split", "Slice", "Gather",
@@ -221,6 +222,27 @@ def analyze(sdfg: dace.SDFG, symbols: Optional[Dict[str, int]] = None) -> Dict[s
     result: Dict[str, Any] = {"nodes": {}, "edges": {}}
     totals = _sdfg_totals(sdfg, symbols, result)
     totals["intensity"] = totals["flops"] / totals["bytes"] if totals["bytes"] else None
+    totals["transient_bytes"] = transient_memory(sdfg, symbols)
     result["total"] = totals
     result["source"] = "daceml.analysis.dataflow (estimate from memlet volumes)"
     return result
+
+
+def array_bytes(sdfg: dace.SDFG, names: Sequence[str], symbols: Optional[Dict[str, int]] = None) -> int:
+    """Bytes of the arrays ``names`` of ``sdfg`` (symbolic sizes evaluated with ``symbols``)."""
+    total = 0
+    for n in names:
+        desc = sdfg.arrays[n]
+        size = desc.total_size
+        if symbolic.issymbolic(size):
+            size = symbolic.evaluate(size, symbols or {})
+        total += int(size) * desc.dtype.bytes
+    return total
+
+
+def transient_memory(sdfg: dace.SDFG, symbols: Optional[Dict[str, int]] = None) -> int:
+    """Bytes of the top-level transients ``sdfg`` allocates: what the program holds beyond its
+    arguments (views and arrays no state accesses excluded; after PlanMemory, its arenas)."""
+    used = {n.data for st in sdfg.states() for n in st.data_nodes()}
+    names = [n for n, d in sdfg.arrays.items() if d.transient and not isinstance(d, dt.View) and n in used]
+    return array_bytes(sdfg, names, symbols)

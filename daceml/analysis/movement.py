@@ -25,7 +25,7 @@ import dace
 from dace import symbolic
 from dace.sdfg import nodes as sdnodes
 
-from daceml.analysis.dataflow import onnx_flops
+from daceml.analysis.dataflow import onnx_flops, transient_memory
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +139,8 @@ class LevelFigures:
     stage: str
     bytes: float
     kernels: int
+    #: bytes of the top-level transients the program holds (after level 4: the shared arenas)
+    transient_bytes: int = 0
 
 
 @dataclasses.dataclass
@@ -166,11 +168,12 @@ class MovementReport:
         rows = [f"# data movement: {self.name}", "",
                 f"FLOPs {self.flops / 1e6:.1f} M; lower bound {self.lower_bound / 1e6:.2f} MB "
                 "(inputs, weights and outputs moved once)", "",
-                "| level | stage | kernels | bytes moved (MB) | x lower bound | FLOP/byte |", "|---|---|---|---|---|---|"]
+                "| level | stage | kernels | bytes moved (MB) | x lower bound | FLOP/byte | transients (MB) |",
+                "|---|---|---|---|---|---|---|"]
         for lv in self.levels:
             rows.append(f"| {lv.level} | {lv.stage} | {lv.kernels} | {lv.bytes / 1e6:.2f} | "
                         f"{lv.bytes / self.lower_bound if self.lower_bound else 0:.2f} | "
-                        f"{self.flops / lv.bytes if lv.bytes else 0:.2f} |")
+                        f"{self.flops / lv.bytes if lv.bytes else 0:.2f} | {lv.transient_bytes / 1e6:.2f} |")
         roof = self.roofline()
         if roof:
             rows += ["", f"measured {1000 * self.seconds:.3f} ms: {roof['achieved_gflops']:.1f} GFLOP/s of an "
@@ -203,11 +206,13 @@ def movement_report(model, symbols: Optional[Dict[str, int]] = None, measure: bo
     work._program = None
     flops = total_flops(work.sdfg, symbols)
     bound = lower_bound(work.sdfg, symbols)
-    levels = [LevelFigures(0, "imported", kernel_traffic(work.sdfg, symbols), _kernels(work.sdfg))]
+    levels = [LevelFigures(0, "imported", kernel_traffic(work.sdfg, symbols), _kernels(work.sdfg),
+                           transient_memory(work.sdfg, symbols))]
     from daceml.transformation.pipeline import pipeline
     for lv, passes in enumerate(pipeline(4), start=1):
         optimize(work, passes=[passes])
-        levels.append(LevelFigures(lv, LEVEL_NAMES[lv], kernel_traffic(work.sdfg, symbols), _kernels(work.sdfg)))
+        levels.append(LevelFigures(lv, LEVEL_NAMES[lv], kernel_traffic(work.sdfg, symbols), _kernels(work.sdfg),
+                                   transient_memory(work.sdfg, symbols)))
     report = MovementReport(model.name, flops, bound, levels)
     if measure:
         work(*inputs)

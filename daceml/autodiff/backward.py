@@ -36,6 +36,7 @@ from dace import data as dt
 from dace.sdfg import nodes as sdnodes
 from dace.sdfg import utils as sdutils
 
+from daceml.analysis.dataflow import array_bytes, transient_memory
 from daceml.errors import DacemlError
 from daceml.onnx import nodes as onnx_nodes
 from daceml.onnx.ops.common import safe_name
@@ -93,27 +94,12 @@ class BackwardResult:
 
     def stored_bytes(self, symbols: Optional[Dict[str, int]] = None) -> int:
         """Bytes of the forward transients stored for the backward pass."""
-        return _bytes(self.forward_sdfg, self.stored, symbols)
+        return array_bytes(self.forward_sdfg, self.stored, symbols)
 
     def transient_bytes(self, symbols: Optional[Dict[str, int]] = None) -> Tuple[int, int]:
         """Bytes of the transients of the forward and of the backward SDFG (top level, views
         excluded): what each program allocates while it runs, beyond its arguments."""
-        def total(sdfg):
-            used = {n.data for st in sdfg.states() for n in st.data_nodes()}
-            names = [n for n, d in sdfg.arrays.items() if d.transient and not isinstance(d, dt.View) and n in used]
-            return _bytes(sdfg, names, symbols)
-        return total(self.forward_sdfg), total(self.backward_sdfg)
-
-
-def _bytes(sdfg: dace.SDFG, names: Sequence[str], symbols: Optional[Dict[str, int]]) -> int:
-    total = 0
-    for n in names:
-        desc = sdfg.arrays[n]
-        size = desc.total_size
-        if dace.symbolic.issymbolic(size):
-            size = dace.symbolic.evaluate(size, symbols or {})
-        total += int(size) * desc.dtype.bytes
-    return total
+        return transient_memory(self.forward_sdfg, symbols), transient_memory(self.backward_sdfg, symbols)
 
 
 def is_float(desc: dt.Data) -> bool:

@@ -143,6 +143,9 @@ class ONNXOp(sdnodes.LibraryNode):
                                    "output; '' for none")
     epilogue_params = properties.ListProperty(element_type=float, default=[],
                                               desc="the epilogue activation's parameters (e.g. Clip's min, max)")
+    output_scale = properties.Property(dtype=float, default=1.0,
+                                       desc="constant the implementation multiplies the output by (a fused "
+                                       "Mul or Div by a scalar after a MatMul); 1 for none")
     # set by the level-2 pass FoldTransposesIntoMatMul: connector -> permutation
     operand_perms = properties.DictProperty(key_type=str, value_type=list, default={},
                                             desc="inputs read through a transpose (the array connected is the "

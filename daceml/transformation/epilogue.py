@@ -1,4 +1,4 @@
-"""Level 2: residual additions and activations after a Conv or Gemm computed by its implementation.
+"""Level 2: residual additions, activations and scales after a Conv, Gemm or MatMul computed by its implementation.
 
 ``Relu(Add(Conv(X), R))`` reads and writes the conv's output twice more after the conv wrote
 it (once per node, each a parallel region of its own). When the conv's implementation lists
@@ -15,6 +15,9 @@ nothing else:
 
 The same after a Gemm, also through the Reshape that follows a linear layer on 3-D input (the
 reshape then writes what the last fused node wrote; elementwise nodes commute with it).
+
+After a MatMul whose implementation is a BLAS call, a ``Mul`` or ``Div`` by a constant scalar
+(attention's ``scores / sqrt(d)``) becomes the call's alpha (``ONNXOp.output_scale``).
 
 And before a 1x1 Conv, a squeeze-excitation's ``Mul(X, S)`` with ``S`` of shape
 ``[N or 1, C, 1, 1]``: the conv reads ``X`` and scales its weights per image instead (an
@@ -72,7 +75,7 @@ class FuseEpilogues(Pass):
     LEVEL = 2
 
     #: the ops whose implementations may compute epilogues
-    OPS = ("Conv", "Gemm")
+    OPS = ("Conv", "Gemm", "MatMul")
 
     def apply(self, sdfg, model=None) -> int:
         from daceml.onnx.ops import registry
@@ -86,6 +89,8 @@ class FuseEpilogues(Pass):
             if not supported:
                 continue
             n = 0
+            if "output_scale" in supported:
+                n += self._fuse_output_scale(sdfg, state, node)
             if "input_scale" in supported:
                 n += self._fuse_input_scale(sdfg, state, node)
             if "residual" in supported:
@@ -95,7 +100,7 @@ class FuseEpilogues(Pass):
                 node.implementation = impl.name  # the epilogue is that implementation's
                 fused += n
                 hosts += 1
-        self._detail = f"{fused} node(s) fused into {hosts} Conv/Gemm node(s)"
+        self._detail = f"{fused} node(s) fused into {hosts} Conv/Gemm/MatMul node(s)"
         return fused
 
     # --- the patterns ----------------------------------------------------------------------
@@ -141,6 +146,33 @@ class FuseEpilogues(Pass):
         node.add_in_connector(RESIDUAL)
         state.add_edge(other.src, other.src_conn, node, RESIDUAL, sdfg.make_array_memlet(other.src.data))
         self._replace_output(sdfg, state, writer, y, [add], out)
+        return 1
+
+    def _fuse_output_scale(self, sdfg, state, node) -> int:
+        """``Mul(Y, c)`` or ``Div(Y, c)`` of a constant scalar ``c`` (attention's ``1 / sqrt(d)``)
+        becomes the factor the implementation multiplies its product by (the BLAS call's alpha)."""
+        from daceml.onnx.ops.common import constant_input
+        found = self._result(sdfg, state, node)
+        if found is None or node.output_scale != 1.0:
+            return 0
+        y, writer = found
+        cons = _consumers(state, y)
+        if len(cons) != 1 or not isinstance(cons[0][0], ONNXOp) or cons[0][0].schema.name not in ("Mul", "Div"):
+            return 0
+        op, conn = cons[0]
+        if op.schema.name == "Div" and conn != "A":
+            return 0  # c / Y is no scale
+        value = constant_input(op, state, sdfg, "B" if conn == "A" else "A")
+        out = _output(state, op)
+        if value is None or value.size != 1 or out is None or not _same(sdfg, out.data, y.data):
+            return 0
+        if value.dtype != sdfg.arrays[y.data].dtype.as_numpy_dtype():
+            return 0
+        c = float(value.reshape(-1)[0])
+        if op.schema.name == "Div" and c == 0.0:
+            return 0
+        node.output_scale = c if op.schema.name == "Mul" else 1.0 / c
+        self._replace_output(sdfg, state, writer, y, [op], out)
         return 1
 
     def _fuse_input_scale(self, sdfg, state, conv) -> int:

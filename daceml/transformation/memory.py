@@ -24,6 +24,7 @@ changing anything (``daceml report`` prints it); the pass's detail gives the are
 against the bytes the planned transients had before.
 """
 import dataclasses
+import functools
 from typing import Dict, List, Optional, Set, Tuple
 
 import networkx as nx
@@ -104,14 +105,7 @@ class _Uses:
         self.unresolved: Dict[str, str] = {}
         for state in sdfg.states():
             scopes = state.scope_dict()
-
-            def top(n):
-                if isinstance(n, sdnodes.ExitNode):
-                    n = state.entry_node(n)
-                while scopes[n] is not None:
-                    n = scopes[n]
-                return n
-
+            top = functools.partial(_outermost, state, scopes)
             for node in state.data_nodes():
                 root = _root(state, node, sdfg)
                 if root is None:
@@ -133,6 +127,15 @@ class _Uses:
                 touches.add(top(node))
                 if state.in_degree(node) > 0 and not isinstance(sdfg.arrays[node.data], dt.View):
                     writes.add(top(node))
+
+
+def _outermost(state: dace.SDFGState, scopes: Dict, node):
+    """The entry of the outermost scope ``node`` is in (``node`` itself at the top level)."""
+    if isinstance(node, sdnodes.ExitNode):
+        node = state.entry_node(node)
+    while scopes[node] is not None:
+        node = scopes[node]
+    return node
 
 
 def _is_view_edge_of(state, edge, sdfg) -> bool:

@@ -125,6 +125,7 @@ def test_gui_end_to_end(page, server, tiny_onnx, screenshot_dir, tmp_path):
     page.click('#tabs button[data-tab="data"]')
     assert "Totals per stage" in page.inner_text("#tab-data")
     assert page.locator("#stage-totals tr").count() == 5  # header + imported, graph, operator, fusion
+    assert "transients" in page.inner_text("#stage-totals tr >> nth=0")
 
     # --- run: error against onnxruntime and latency, before and after ------------------------------------
     page.click('#tabs button[data-tab="run"]')

@@ -148,3 +148,36 @@ def test_gelu_residual_and_relu_fuse_into_gemms(library, monkeypatch):
     assert fuse.changes == 3, fuse.detail  # Gelu, the residual Add, Relu
     with torch.no_grad():
         np.testing.assert_allclose(dm(x.numpy()), m(x).numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("library", ["blas", "mkl"])
+def test_constant_scales_become_the_matmul_alpha(library, monkeypatch):
+    """``Div(MatMul, c)`` (attention's scaling) and ``Mul(c, MatMul)`` fold into the BLAS call's
+    alpha; ``Div(c, MatMul)`` (no scale of the product) and a scale by a tensor stay nodes."""
+    from daceml.transformation import passes
+    if library == "mkl" and not MKL.is_installed():
+        pytest.skip("the mkl wheels are an optional extra")
+    if library == "blas" and not OpenBLAS.is_installed():
+        pytest.skip("OpenBLAS is not installed")
+    monkeypatch.setitem(passes.FAST_IMPLEMENTATIONS["cpu"], "MatMul", [library])
+    rng = np.random.default_rng(0)
+    f = np.float32
+    inputs = {"q": rng.standard_normal((2, 3, 5, 4)).astype(f), "k": rng.standard_normal((2, 3, 4, 5)).astype(f),
+              "w": rng.standard_normal((4, 6)).astype(f), "t": rng.standard_normal((2, 3, 5, 5)).astype(f)}
+    inits = {"c": np.array(np.sqrt(4.0) * 1.5, f), "g": np.array([0.3], f)}
+    nodes = [helper.make_node("MatMul", ["q", "k"], ["s"]), helper.make_node("Div", ["s", "c"], ["y1"]),
+             helper.make_node("MatMul", ["q", "w"], ["p"]), helper.make_node("Mul", ["g", "p"], ["y2"]),
+             helper.make_node("MatMul", ["q", "k"], ["r"]), helper.make_node("Div", ["c", "r"], ["y3"]),
+             helper.make_node("MatMul", ["q", "k"], ["u"]), helper.make_node("Mul", ["u", "t"], ["y4"])]
+    model = make_model(nodes, inputs, ["y1", "y2", "y3", "y4"], inits)
+    expected = run_onnxruntime(model, inputs)
+    dm = ONNXModel(model, name=f"epilogue_alpha_{library}")
+    optimize(dm, passes=[passes.level_passes(1)])
+    report = optimize(dm, passes=[[ChooseImplementations(), FuseEpilogues()]])
+    assert report.passes[-1].changes == 2, report.passes[-1].detail
+    scales = sorted(n.output_scale for n, _ in dm.sdfg.all_nodes_recursive() if isinstance(n, ONNXOp)
+                    and n.schema.name == "MatMul")
+    assert scales == pytest.approx([0.3, 1 / 3, 1, 1]), scales
+    optimize(dm, passes=[[passes.ExpandLibraryNodes()], passes.level_passes(3), passes.level_passes(4)])
+    for got, want in zip(dm(**inputs), expected):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

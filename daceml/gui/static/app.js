@@ -531,9 +531,10 @@ async function loadAnalysis() {
   box.append(el("p", {class: "muted"}, r.source));
   const t = r.total;
   box.append(el("h3", {}, "This version"), kvTable({"bytes moved": fmtNum(t.bytes, "B"), "FLOPs": fmtNum(t.flops),
-    "arithmetic intensity": t.intensity === null ? "–" : t.intensity.toFixed(3) + " FLOP/B"}));
-  const st = el("table", {class: "grid", id: "stage-totals"}, el("tr", {}, el("th", {}, "stage"), el("th", {}, "version"), el("th", {class: "num"}, "bytes"), el("th", {class: "num"}, "FLOPs"), el("th", {class: "num"}, "FLOP/B")));
-  for (const s of r.stages) st.append(el("tr", {}, el("td", {}, `${s.level} ${s.stage}`), el("td", {}, "v" + s.version), el("td", {class: "num"}, fmtNum(s.bytes, "B")), el("td", {class: "num"}, fmtNum(s.flops)), el("td", {class: "num"}, s.intensity === null ? "–" : s.intensity.toFixed(3))));
+    "arithmetic intensity": t.intensity === null ? "–" : t.intensity.toFixed(3) + " FLOP/B",
+    "transient memory": fmtNum(t.transient_bytes, "B")}));
+  const st = el("table", {class: "grid", id: "stage-totals"}, el("tr", {}, el("th", {}, "stage"), el("th", {}, "version"), el("th", {class: "num"}, "bytes"), el("th", {class: "num"}, "FLOPs"), el("th", {class: "num"}, "FLOP/B"), el("th", {class: "num"}, "transients")));
+  for (const s of r.stages) st.append(el("tr", {}, el("td", {}, `${s.level} ${s.stage}`), el("td", {}, "v" + s.version), el("td", {class: "num"}, fmtNum(s.bytes, "B")), el("td", {class: "num"}, fmtNum(s.flops)), el("td", {class: "num"}, s.intensity === null ? "–" : s.intensity.toFixed(3)), el("td", {class: "num"}, fmtNum(s.transient_bytes, "B"))));
   box.append(el("h3", {}, "Totals per stage"), st);
   const rows = Object.entries(r.nodes).filter(([k, v]) => v.top_level).sort((a, b) => b[1].bytes - a[1].bytes).slice(0, 40);
   const nt = el("table", {class: "grid"}, el("tr", {}, el("th", {}, "node"), el("th", {class: "num"}, "bytes"), el("th", {class: "num"}, "FLOPs"), el("th", {class: "num"}, "FLOP/B")));

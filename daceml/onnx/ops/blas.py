@@ -74,6 +74,8 @@ class _BlasMatMul(Implementation):
     """MatMul through cblas_?gemm: one call for N-D x 2-D; batched products one strided batch
     call (MKL) or one call per batch index (OpenBLAS)."""
     environments = [OpenBLAS]
+    #: a constant scale of the product (a fused Mul/Div by a scalar) is the BLAS call's alpha
+    epilogues = ("output_scale", )
 
     @classmethod
     def why_not(cls, node, state, sdfg):
@@ -95,11 +97,12 @@ class _BlasMatMul(Implementation):
         b2 = b if len(b) >= 2 else b + [1]
         m, k, n = a2[-2], a2[-1], b2[-1]
         ba, bb = a2[:-2], b2[:-2]
-        call = ("{g}(CblasRowMajor, CblasNoTrans, CblasNoTrans, {m}, {n}, {k}, ({t})1, _A + {oa}, {k}, "
+        alpha = epilogue.alpha(node, ctype)
+        call = ("{g}(CblasRowMajor, CblasNoTrans, CblasNoTrans, {m}, {n}, {k}, {alpha}, _A + {oa}, {k}, "
                 "_B + {ob}, {n}, ({t})0, _out + {oy}, {n});")
         if not bb:
             rows = _prod(ba + [m])
-            code = call.format(g=gemm, t=ctype, m=rows, n=_c(n), k=_c(k), oa="0", ob="0", oy="0")
+            code = call.format(g=gemm, t=ctype, m=rows, n=_c(n), k=_c(k), oa="0", ob="0", oy="0", alpha=alpha)
             return _tasklet(node, state, sdfg, ["A", "B"], code)
         rank = max(len(ba), len(bb))
         ba = [1] * (rank - len(ba)) + ba
@@ -110,7 +113,7 @@ class _BlasMatMul(Implementation):
             sa = "0" if all(is_one(x) for x in ba) else f"{_c(m)} * {_c(k)}"
             sb = "0" if all(is_one(x) for x in bb) else f"{_c(k)} * {_c(n)}"
             code = (f"{gemm}_batch_strided(CblasRowMajor, CblasNoTrans, CblasNoTrans, {_c(m)}, {_c(n)}, {_c(k)}, "
-                    f"({ctype})1, _A, {_c(k)}, {sa}, _B, {_c(n)}, {sb}, ({ctype})0, _out, {_c(n)}, "
+                    f"{alpha}, _A, {_c(k)}, {sa}, _B, {_c(n)}, {sb}, ({ctype})0, _out, {_c(n)}, "
                     f"{_c(m)} * {_c(n)}, {_prod(out_batch)});")
             return _tasklet(node, state, sdfg, ["A", "B"], code)
         lines = [f"const long long __nb = {_prod(out_batch)};",
@@ -123,7 +126,8 @@ class _BlasMatMul(Implementation):
             if not is_one(bb[d]):
                 lines.append("    __ob += __i * __sb;")
             lines.append(f"    __sa *= {_c(ba[d])}; __sb *= {_c(bb[d])}; }}")
-        lines.append("  " + call.format(g=gemm, t=ctype, m=_c(m), n=_c(n), k=_c(k), oa=f"__oa * {_c(m)} * {_c(k)}",
+        lines.append("  " + call.format(g=gemm, t=ctype, alpha=alpha, m=_c(m), n=_c(n), k=_c(k),
+                                        oa=f"__oa * {_c(m)} * {_c(k)}",
                                         ob=f"__ob * {_c(k)} * {_c(n)}", oy=f"__b * {_c(m)} * {_c(n)}"))
         lines.append("}")
         return _tasklet(node, state, sdfg, ["A", "B"], "\n".join(lines))
@@ -229,7 +233,7 @@ class MklMatMul(_BlasMatMul):
     read or written through fused transposes (``operand_perms``, FoldTransposesIntoMatMul) are
     passed with their strides: leading dimensions, transpose flags and batch strides."""
     environments = [MKL]
-    epilogues = ("operand_perms", )
+    epilogues = ("operand_perms", "output_scale")
 
     @classmethod
     def why_not(cls, node, state, sdfg):
@@ -312,6 +316,7 @@ def _strided_matmul(node, state, sdfg):
         return "CblasTrans", max(sc, rows)
 
     (opa, lda), (opb, ldb) = matrix("A"), matrix("B")
+    alpha = epilogue.alpha(node, T)
     ldc = max(ty[-2], n)
     batch = sy[:-2]
 
@@ -326,7 +331,7 @@ def _strided_matmul(node, state, sdfg):
         # the matrices of the last batch dim do not overlap: one strided batch call per outer index
         lines = [f"for (long long __i{d} = 0; __i{d} < {batch[d]}; ++__i{d})" for d in range(last)]
         off = {c: " + ".join([f"__i{d} * {stride(c, d)}" for d in range(last)] or ["0"]) for c in footprint}
-        lines.append(f"  {gemm}_batch_strided(CblasRowMajor, {opa}, {opb}, {m}, {n}, {k}, ({T})1, _A + {off['A']}, "
+        lines.append(f"  {gemm}_batch_strided(CblasRowMajor, {opa}, {opb}, {m}, {n}, {k}, {alpha}, _A + {off['A']}, "
                      f"{lda}, {stride('A', last)}, _B + {off['B']}, {ldb}, {stride('B', last)}, ({T})0, "
                      f"_out + {off['Y']}, {ldc}, {stride('Y', last)}, {batch[last]});")
     else:
@@ -337,7 +342,7 @@ def _strided_matmul(node, state, sdfg):
         for d in reversed(range(len(batch))):
             lines.append(f"  const long long __i{d} = __r % {batch[d]}; __r /= {batch[d]};")
         off = {c: " + ".join(f"__i{d} * {stride(c, d)}" for d in range(len(batch))) for c in footprint}
-        lines += [f"  {gemm}(CblasRowMajor, {opa}, {opb}, {m}, {n}, {k}, ({T})1, _A + {off['A']}, {lda}, "
+        lines += [f"  {gemm}(CblasRowMajor, {opa}, {opb}, {m}, {n}, {k}, {alpha}, _A + {off['A']}, {lda}, "
                   f"_B + {off['B']}, {ldb}, ({T})0, _out + {off['Y']}, {ldc});", "}"]
     return _tasklet(node, state, sdfg, ["A", "B"], "\n".join(lines))
 

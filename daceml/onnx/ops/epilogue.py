@@ -85,6 +85,11 @@ def has_epilogue(node) -> bool:
     return bool(getattr(node, "epilogue", "")) or RESIDUAL in node.in_connectors
 
 
+def alpha(node, T: str) -> str:
+    """C++ literal of the constant a BLAS call multiplies its product by (``node.output_scale``)."""
+    return _literal(getattr(node, "output_scale", 1.0), T)
+
+
 def why_not(impl, node) -> Optional[str]:
     """None if implementation class ``impl`` computes ``node``'s epilogue (or there is none),
     else the reason (for the registry)."""
@@ -96,6 +101,9 @@ def why_not(impl, node) -> Optional[str]:
         return "the node has a fused residual addition, which this implementation does not compute"
     if INPUT_SCALE in node.in_connectors and "input_scale" not in supported:
         return "the node has a fused scale of its input channels, which this implementation does not compute"
+    if getattr(node, "output_scale", 1.0) != 1.0 and "output_scale" not in supported:
+        return f"the node's output is scaled by a fused constant {node.output_scale:g}, which this implementation " \
+               "does not do"
     if getattr(node, "operand_perms", None) and "operand_perms" not in supported:
         return f"the node reads or writes through fused transposes {dict(node.operand_perms)}, which this " \
                "implementation does not do"
@@ -140,6 +148,8 @@ def describe(node) -> str:
         parts.append("transposed operands " + ", ".join(f"{c}{list(p)}" for c, p in sorted(node.operand_perms.items())))
     if INPUT_SCALE in node.in_connectors:
         parts.append("input channels scaled")
+    if getattr(node, "output_scale", 1.0) != 1.0:
+        parts.append(f"x {node.output_scale:g}")
     if RESIDUAL in node.in_connectors:
         parts.append("+ residual")
     kind = getattr(node, "epilogue", "")
