@@ -133,3 +133,41 @@ def test_layout_chains_merge_and_identities_go():
     assert report.first_changing_pass is None
     assert _ops(dm) == ["Clip", "Reshape", "Transpose"], _ops(dm)
     np.testing.assert_allclose(dm(x), expected)
+
+
+def test_zero_pads_of_spatial_dims_fold_into_convs():
+    """Folded: a Pad before a padded Conv (pads add up), a Pad with an explicit zero value over
+    given axes before a strided Conv. Kept: a non-zero value, a channel pad, reflect mode, a
+    crop (negative pads) and a Pad read by two nodes."""
+    rng = np.random.default_rng(0)
+    f = np.float32
+    x = rng.standard_normal((1, 3, 10, 12)).astype(f)
+    inits = {"w": rng.standard_normal((4, 3, 3, 3)).astype(f), "w5": rng.standard_normal((4, 5, 3, 3)).astype(f),
+             "p1": np.array([0, 0, 1, 2, 0, 0, 2, 1], np.int64), "p2": np.array([1, 0, 0, 2], np.int64),
+             "ax": np.array([2, 3], np.int64), "zero": np.array(0, f), "one5": np.array(1.5, f),
+             "pc": np.array([0, 1, 0, 0, 0, 1, 0, 0], np.int64), "p3": np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64),
+             "neg": np.array([0, 0, -1, 0, 0, 0, 0, -1], np.int64)}
+    nodes = [
+        helper.make_node("Pad", ["x", "p1"], ["a1"]), helper.make_node("Conv", ["a1", "w"], ["y1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Pad", ["x", "p2", "zero", "ax"], ["a2"]),
+        helper.make_node("Conv", ["a2", "w"], ["y2"], strides=[2, 2]),
+        helper.make_node("Pad", ["x", "p3", "one5"], ["a3"]), helper.make_node("Conv", ["a3", "w"], ["y3"]),
+        helper.make_node("Pad", ["x", "pc"], ["a4"]), helper.make_node("Conv", ["a4", "w5"], ["y4"]),
+        helper.make_node("Pad", ["x", "p3"], ["a5"], mode="reflect"), helper.make_node("Conv", ["a5", "w"], ["y5"]),
+        helper.make_node("Pad", ["x", "neg"], ["a6"]), helper.make_node("Conv", ["a6", "w"], ["y6"]),
+        helper.make_node("Pad", ["x", "p3"], ["a7"]), helper.make_node("Conv", ["a7", "w"], ["y7"]),
+        helper.make_node("Relu", ["a7"], ["y8"]),
+    ]
+    outputs = [f"y{i}" for i in range(1, 9)]
+    model = make_model(nodes, {"x": x}, outputs, inits)
+    expected = run_onnxruntime(model, {"x": x})
+    dm = ONNXModel(model, name="fold_pad_conv")
+    report = optimize(dm, level=1)
+    fold = next(p for p in report.passes if p.name == "FoldPadIntoConv")
+    assert fold.changes == 2, fold.detail
+    assert _ops(dm).count("Pad") == 5
+    pads = sorted(list(n.pads) for n, _ in dm.sdfg.all_nodes_recursive() if isinstance(n, ONNXOp)
+                  and n.schema.name == "Conv" and n.pads)
+    assert [2, 3, 3, 2] in pads and [1, 0, 0, 2] in pads, pads
+    for got, want in zip(dm(x=x), expected):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
