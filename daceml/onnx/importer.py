@@ -494,7 +494,7 @@ class ONNXModel:
         desc = self.sdfg.arrays[self._array(name)]
         want = tuple(self.weights[name].shape)
         got = tuple(value.shape)
-        if got != want and not (want == () and got in ((), (1, ))):
+        if got != want and not {want, got} <= {(), (1, )}:  # a scalar as 0-d or one element
             raise InputError(f"weight {name!r}: expected shape {want}, got {got}")
         is_torch = type(value).__module__.startswith("torch")
         got_dtype = value.dtype if is_torch else np.dtype(value.dtype)

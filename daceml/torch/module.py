@@ -239,6 +239,11 @@ class DaceModule(nn.Module):
         model = ONNXModel(proto, name=self.program_name)
         state = self.state_dict(keep_vars=True)
         state_inputs = {init: init for init in model.weights if init in state}
+        # the module's parameters and buffers are passed live on every call (they change between
+        # calls): their values at export time must not be folded into the program as constants
+        constants = getattr(model.sdfg, "_daceml_constants", {})
+        for init in state_inputs:
+            constants.pop(model._array(init), None)
         # graph inputs are the tensor arguments, in order
         tensor_positions = [i for i, a in enumerate(flat) if isinstance(a, torch.Tensor)]
         if len(tensor_positions) != len(model.inputs):

@@ -181,3 +181,26 @@ def test_constant_scales_become_the_matmul_alpha(library, monkeypatch):
     optimize(dm, passes=[[passes.ExpandLibraryNodes()], passes.level_passes(3), passes.level_passes(4)])
     for got, want in zip(dm(**inputs), expected):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+class _LearnedScale(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(3, 4, 6, 5))
+        self.scale = nn.Parameter(torch.tensor(0.125))
+
+    def forward(self, q):
+        return torch.matmul(q, self.w) * self.scale
+
+
+def test_a_parameter_scale_is_not_folded_as_a_constant():
+    """A learnable scalar is passed live on every call: changing it changes the result (it is
+    not baked into the MatMul's alpha)."""
+    torch.manual_seed(0)
+    m = _LearnedScale().eval()
+    q = torch.randn(3, 4, 2, 6)
+    dm = DaceModule(m, name="epilogue_learned_scale")
+    with torch.no_grad():
+        np.testing.assert_allclose(dm(q).numpy(), m(q).numpy(), rtol=1e-5, atol=1e-6)
+        m.scale.fill_(-2.0)
+        np.testing.assert_allclose(dm(q).numpy(), m(q).numpy(), rtol=1e-5, atol=1e-6)
