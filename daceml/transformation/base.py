@@ -1,5 +1,5 @@
 """The base class of daceml's passes and the graph helpers they share."""
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import dace
 from dace import properties, serialize
@@ -50,6 +50,26 @@ def _single_consumer(state: dace.SDFGState, access: sdnodes.AccessNode) -> Optio
     if len(outs) != 1 or state.in_degree(access) != 1:
         return None
     return outs[0]
+
+
+def single_output(state: dace.SDFGState, node) -> Optional[sdnodes.AccessNode]:
+    """The access node ``node`` writes, if it has exactly one output edge into one."""
+    outs = state.out_edges(node)
+    if len(outs) != 1 or not isinstance(outs[0].dst, sdnodes.AccessNode):
+        return None
+    return outs[0].dst
+
+
+def private_transient(sdfg: dace.SDFG, state: dace.SDFGState, access: sdnodes.AccessNode) -> bool:
+    """A transient written once here and read nowhere but through this access node."""
+    if not sdfg.arrays[access.data].transient or state.in_degree(access) != 1:
+        return False
+    return not any(n.data == access.data and n is not access for s in sdfg.states() for n in s.data_nodes())
+
+
+def readers(state: dace.SDFGState, access: sdnodes.AccessNode) -> List[Tuple[Any, str]]:
+    """(node, connector) of every edge reading ``access``."""
+    return [(e.dst, e.dst_conn) for e in state.out_edges(access)]
 
 
 def add_constant(model, base: str, value) -> str:

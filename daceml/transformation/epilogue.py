@@ -28,38 +28,20 @@ the node and fuses only what that implementation computes (on CUDA nothing, for 
 training program's forward pass keeps what its backward pass reads (those are not transients
 read only by the next node), so gradients are unchanged.
 """
-from typing import List, Optional, Tuple
-
 import networkx as nx
 
-import dace
 from dace import properties
 from dace.sdfg import nodes as sdnodes
 
 from daceml.onnx.nodes import ONNXOp
 from daceml.onnx.ops.epilogue import ACTIVATIONS, INPUT_SCALE, RESIDUAL
 from daceml.transformation.base import Pass, _onnx_nodes
+from daceml.transformation.base import private_transient as _private
+from daceml.transformation.base import readers as _consumers
+from daceml.transformation.base import single_output as _output
 
 #: ONNX ops fused as activations; SiLU is matched as a pattern of Sigmoid and Mul
 _ACTIVATION_OPS = ("Relu", "Clip", "LeakyRelu", "HardSigmoid", "HardSwish", "Sigmoid", "Tanh", "Gelu")
-
-
-def _output(state: dace.SDFGState, node) -> Optional[sdnodes.AccessNode]:
-    outs = state.out_edges(node)
-    if len(outs) != 1 or not isinstance(outs[0].dst, sdnodes.AccessNode):
-        return None
-    return outs[0].dst
-
-
-def _private(sdfg: dace.SDFG, state: dace.SDFGState, access: sdnodes.AccessNode) -> bool:
-    """A transient written once here and read nowhere but through this access node."""
-    if not sdfg.arrays[access.data].transient or state.in_degree(access) != 1:
-        return False
-    return not any(n.data == access.data and n is not access for s in sdfg.states() for n in s.data_nodes())
-
-
-def _consumers(state, access) -> List[Tuple[ONNXOp, str]]:
-    return [(e.dst, e.dst_conn) for e in state.out_edges(access)]
 
 
 def _same(sdfg, a: str, b: str) -> bool:

@@ -16,7 +16,7 @@ from typing import List, Optional
 from dace import properties
 
 from daceml.onnx.nodes import ONNXOp
-from daceml.transformation.base import Pass, _onnx_nodes, _single_consumer
+from daceml.transformation.base import Pass, _onnx_nodes, _single_consumer, private_transient
 
 
 def _pad_amounts(pad, state, sdfg, rank: int) -> Optional[List[int]]:
@@ -67,8 +67,7 @@ class FoldPadIntoConv(Pass):
         if data is None or len(outs) != 1:
             return False
         y = outs[0].dst
-        if not sdfg.arrays[y.data].transient or any(n.data == y.data and n is not y
-                                                    for s in sdfg.states() for n in s.data_nodes()):
+        if not private_transient(sdfg, state, y):
             return False
         consumer = _single_consumer(state, y)
         if consumer is None or not isinstance(consumer.dst, ONNXOp) or consumer.dst.schema.name != "Conv" \

@@ -20,6 +20,7 @@ from daceml.transformation.linear import MatMulAddToGemm
 from daceml.transformation.memory import PlanMemory
 from daceml.transformation.operands import FoldTransposesIntoMatMul
 from daceml.transformation.pad import FoldPadIntoConv
+from daceml.transformation.patterns import RecognizeDecomposedOps
 from daceml.transformation.views import ReshapesAsViews
 
 log = logging.getLogger(__name__)
@@ -316,7 +317,7 @@ class PersistentTransients(Pass):
 
 
 PASSES = {c.__name__: c for c in (RemoveIdentities, FoldShapeInputs, RemoveDeadNodes, MatMulAddToGemm,
-                                  FoldBatchNormIntoConv, EliminateLayoutOps, FoldPadIntoConv,
+                                  FoldBatchNormIntoConv, EliminateLayoutOps, FoldPadIntoConv, RecognizeDecomposedOps,
                                   ChooseImplementations, ReshapesAsViews, ExpandLibraryNodes, InlineAndSimplify, FuseMaps,
                                   PersistentTransients, PlanMemory, HoistWeightComputations, FuseEpilogues,
                                   FoldTransposesIntoMatMul)}
@@ -325,8 +326,8 @@ PASSES = {c.__name__: c for c in (RemoveIdentities, FoldShapeInputs, RemoveDeadN
 def level_passes(level: int, device: str = "cpu") -> List[Pass]:
     """A fresh list of the passes of ``level``, in order."""
     if level == 1:
-        return [RemoveIdentities(), FoldShapeInputs(), RemoveDeadNodes(), EliminateLayoutOps(), FoldPadIntoConv(),
-                MatMulAddToGemm(), FoldBatchNormIntoConv()]
+        return [RemoveIdentities(), FoldShapeInputs(), RemoveDeadNodes(), RecognizeDecomposedOps(),
+                EliminateLayoutOps(), FoldPadIntoConv(), MatMulAddToGemm(), FoldBatchNormIntoConv()]
     if level == 2:
         hoist = [HoistWeightComputations()] if device == "cpu" else []
         return hoist + [ChooseImplementations(device=device), FuseEpilogues(), FoldTransposesIntoMatMul(),

@@ -171,3 +171,70 @@ def test_zero_pads_of_spatial_dims_fold_into_convs():
     assert [2, 3, 3, 2] in pads and [1, 0, 0, 2] in pads, pads
     for got, want in zip(dm(x=x), expected):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def _decomposed_model(opset: int):
+    """LayerNorm (Pow form with gamma and beta; Mul form without either, over two axes), Gelu in
+    three association orders, Softmax; reductions with axes as attributes (opset 13) or inputs
+    (opset 18). Plus near misses that must stay: a Gelu with 0.6 for 0.5, an intermediate read
+    twice."""
+    rng = np.random.default_rng(0)
+    f = np.float32
+    x = rng.standard_normal((2, 5, 8)).astype(f)
+    inits = {"two": np.array(2.0, f), "eps": np.array(1e-5, f), "g": rng.standard_normal(8).astype(f),
+             "b": rng.standard_normal(8).astype(f), "sqrt2": np.array(np.sqrt(2.0), f),
+             "isqrt2": np.array(1 / np.sqrt(2.0), f), "one": np.array(1.0, f), "half": np.array(0.5, f),
+             "six": np.array(0.6, f)}
+
+    def reduce(op, src, dst, axes):
+        if opset >= 18 or (op == "ReduceSum" and opset >= 13):  # axes became an input
+            name = f"{dst}_axes"
+            inits[name] = np.array(axes, np.int64)
+            return helper.make_node(op, [src, name], [dst], keepdims=1)
+        return helper.make_node(op, [src], [dst], axes=axes, keepdims=1)
+
+    def gelu(tag, form, half="half"):
+        n = [helper.make_node("Div", ["x", "sqrt2"], [f"{tag}s"]) if form != 2 else
+             helper.make_node("Mul", ["isqrt2", "x"], [f"{tag}s"]),
+             helper.make_node("Erf", [f"{tag}s"], [f"{tag}e"]), helper.make_node("Add", [f"{tag}e", "one"], [f"{tag}p"])]
+        if form == 0:    # (x * (1 + erf)) * 0.5
+            n += [helper.make_node("Mul", ["x", f"{tag}p"], [f"{tag}m"]), helper.make_node("Mul", [f"{tag}m", half], [tag])]
+        elif form == 1:  # (x * 0.5) * (1 + erf)
+            n += [helper.make_node("Mul", [half, "x"], [f"{tag}h"]), helper.make_node("Mul", [f"{tag}h", f"{tag}p"], [tag])]
+        else:            # x * ((1 + erf) * 0.5)
+            n += [helper.make_node("Mul", [f"{tag}p", half], [f"{tag}m"]), helper.make_node("Mul", ["x", f"{tag}m"], [tag])]
+        return n
+
+    nodes = [reduce("ReduceMean", "x", "mu", [-1]), helper.make_node("Sub", ["x", "mu"], ["d"]),
+             helper.make_node("Pow", ["d", "two"], ["d2"]), reduce("ReduceMean", "d2", "var", [-1]),
+             helper.make_node("Add", ["var", "eps"], ["ve"]), helper.make_node("Sqrt", ["ve"], ["sd"]),
+             helper.make_node("Div", ["d", "sd"], ["n"]), helper.make_node("Mul", ["n", "g"], ["ng"]),
+             helper.make_node("Add", ["ng", "b"], ["ln1"]),
+             reduce("ReduceMean", "x", "mu2", [1, 2]), helper.make_node("Sub", ["x", "mu2"], ["e"]),
+             helper.make_node("Mul", ["e", "e"], ["e2"]), reduce("ReduceMean", "e2", "var2", [1, 2]),
+             helper.make_node("Add", ["eps", "var2"], ["ve2"]), helper.make_node("Sqrt", ["ve2"], ["sd2"]),
+             helper.make_node("Div", ["e", "sd2"], ["ln2"]),
+             *gelu("g0", 0), *gelu("g1", 1), *gelu("g2", 2), *gelu("g3", 0, half="six"),
+             reduce("ReduceMax", "x", "mx", [-1]), helper.make_node("Sub", ["x", "mx"], ["xs"]),
+             helper.make_node("Exp", ["xs"], ["ex"]), reduce("ReduceSum", "ex", "se", [-1]),
+             helper.make_node("Div", ["ex", "se"], ["sm"]),
+             reduce("ReduceMax", "x", "mx2", [1]), helper.make_node("Sub", ["x", "mx2"], ["xs2"]),
+             helper.make_node("Exp", ["xs2"], ["ex2"]), reduce("ReduceSum", "ex2", "se2", [1]),
+             helper.make_node("Div", ["ex2", "se2"], ["sm2"]), helper.make_node("Neg", ["se2"], ["sm2_total"])]
+    outputs = ["ln1", "ln2", "g0", "g1", "g2", "g3", "sm", "sm2", "sm2_total"]
+    return make_model(nodes, {"x": x}, outputs, inits, opset=opset), x
+
+
+@pytest.mark.parametrize("opset", [13, 18])
+def test_decomposed_layernorm_gelu_softmax_become_one_node(opset):
+    model, x = _decomposed_model(opset)
+    expected = run_onnxruntime(model, {"x": x})
+    dm = ONNXModel(model, name=f"decomposed_ops_{opset}")
+    report = optimize(dm, level=1)
+    found = next(p for p in report.passes if p.name == "RecognizeDecomposedOps")
+    assert found.detail == "2 LayerNormalization, 3 Gelu, 1 Softmax", found.detail
+    ops = _ops(dm)
+    assert ops.count("LayerNormalization") == 2 and ops.count("Gelu") == 3 and ops.count("Softmax") == 1
+    assert ops.count("Erf") == 1 and ops.count("Exp") == 1 and ops.count("Sqrt") == 0, ops
+    for got, want in zip(dm(x=x), expected):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
