@@ -199,6 +199,11 @@ _VECTOR_BYTES = 32
 def _vector_load(T: str, lanes: int, ptr: str, stride: int, var: str) -> str:
     if stride == 1:
         return f"__vt {var}; __builtin_memcpy(&{var}, {ptr}, sizeof(__vt));\n"
+    if stride == 2:  # two loads and one permute instead of a gather of ``lanes`` scalars
+        idx = ", ".join(str(2 * lane) for lane in range(lanes))
+        return (f"__vt {var}_0, {var}_1; __builtin_memcpy(&{var}_0, {ptr}, sizeof(__vt)); "
+                f"__builtin_memcpy(&{var}_1, ({ptr}) + {lanes}, sizeof(__vt));\n"
+                f"const __vt {var} = __builtin_shufflevector({var}_0, {var}_1, {idx});\n")
     elems = ", ".join(f"{ptr}[{lane * stride}]" for lane in range(lanes))
     return f"const __vt {var} = {{{elems}}};\n"
 
@@ -245,7 +250,7 @@ class PureConv(_PureBase):
         padded = [i + b + e for i, b, e in zip(win.ins, win.pads_begin, win.pads_end)]
         pst = _products(padded)
         plane = math.prod(padded)
-        slack = (chunk + 1) * win.strides[-1] + lanes
+        slack = (chunk + 1) * win.strides[-1] + 2 * lanes  # a stride-2 vector load reads 2 * lanes
         batch = x.shape[0]
         residual = RESIDUAL in node.in_connectors
         has_bias = "B" in node.in_connectors
