@@ -72,6 +72,21 @@ def readers(state: dace.SDFGState, access: sdnodes.AccessNode) -> List[Tuple[Any
     return [(e.dst, e.dst_conn) for e in state.out_edges(access)]
 
 
+def remove_matched(state: dace.SDFGState, nodes, accesses) -> None:
+    """Removes ``nodes``, the intermediate ``accesses`` (and their arrays), and every access node
+    that fed ``nodes`` and is read by nothing else now (constants only they read)."""
+    sdfg = state.sdfg
+    sources = [e.src for n in nodes for e in state.in_edges(n)]
+    for n in nodes:
+        state.remove_node(n)
+    for a in accesses:
+        state.remove_node(a)
+        sdfg.remove_data(a.data, validate=False)
+    for src in sources:
+        if src in state.nodes() and state.degree(src) == 0:
+            state.remove_node(src)
+
+
 def add_constant(model, base: str, value) -> str:
     """Adds ``value`` to ``model`` as a new weight named ``base`` (or ``base_1``, ... if taken);
     returns its array name."""

@@ -20,7 +20,7 @@ from dace import properties
 from dace.sdfg import nodes as sdnodes
 
 from daceml.onnx.nodes import ONNXOp, node_class
-from daceml.transformation.base import Pass, _onnx_nodes, _single_consumer, add_constant
+from daceml.transformation.base import Pass, _onnx_nodes, _single_consumer, add_constant, remove_matched
 
 OPSET = 14
 
@@ -127,13 +127,5 @@ class FoldBatchNormIntoConv(Pass):
         state.add_edge(b_new, None, new, "B", sdfg.make_array_memlet(b_new.data))
         (bn_out, ) = state.out_edges(bn)
         state.add_edge(new, "Y", bn_out.dst, bn_out.dst_conn, bn_out.data)
-        # remove the old nodes and the accesses only they used
-        old_sources = [e.src for e in state.in_edges(conv)] + [e.src for e in state.in_edges(bn)]
-        state.remove_node(conv)
-        state.remove_node(bn)
-        state.remove_node(y)
-        sdfg.remove_data(y.data, validate=False)
-        for src in old_sources:
-            if src in state.nodes() and state.degree(src) == 0:
-                state.remove_node(src)
+        remove_matched(state, [conv, bn], [y])  # and the accesses only they read
         return True

@@ -16,7 +16,7 @@ from typing import List, Optional
 from dace import properties
 
 from daceml.onnx.nodes import ONNXOp
-from daceml.transformation.base import Pass, _onnx_nodes, _single_consumer, private_transient
+from daceml.transformation.base import Pass, _onnx_nodes, _single_consumer, private_transient, remove_matched
 
 
 def _pad_amounts(pad, state, sdfg, rank: int) -> Optional[List[int]]:
@@ -87,13 +87,7 @@ class FoldPadIntoConv(Pass):
         old = [int(p) for p in conv.pads] if conv.pads and auto_pad == "NOTSET" else [0] * (2 * k)
         conv.pads = [old[i] + amounts[2 + i] for i in range(k)] + [old[k + i] + amounts[rank + 2 + i] for i in range(k)]
         conv.auto_pad = "NOTSET"
-        sources = [e.src for e in state.in_edges(pad)]
         state.add_edge(data.src, data.src_conn, conv, "X", data.data)
-        state.remove_node(pad)
-        state.remove_node(y)
-        sdfg.remove_data(y.data, validate=False)
-        for src in sources:  # the pads / value / axes constants, if nothing else reads them
-            if src in state.nodes() and state.degree(src) == 0:
-                state.remove_node(src)
+        remove_matched(state, [pad], [y])  # and the pads / value / axes constants only it read
         return True
 

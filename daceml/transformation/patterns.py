@@ -24,7 +24,8 @@ import dace
 from dace import properties
 
 from daceml.onnx.nodes import ONNXOp, node_class
-from daceml.transformation.base import Pass, _onnx_nodes, add_constant, private_transient, readers, single_output
+from daceml.transformation.base import (Pass, _onnx_nodes, add_constant, private_transient, readers, remove_matched,
+                                        single_output)
 
 
 class _NoMatch(Exception):
@@ -79,6 +80,14 @@ class _Matcher:
     def other(self, node, conn) -> str:
         return {"A": "B", "B": "A"}[conn]
 
+    def float_input(self, node, conn):
+        """(access node, descriptor, rank) of ``node``'s float input ``conn`` of rank >= 1."""
+        x = self.source(node, conn)
+        desc = self.sdfg.arrays[x.data]
+        if desc.dtype not in (dace.float32, dace.float64) or len(desc.shape) == 0:
+            raise _NoMatch
+        return x, desc, len(desc.shape)
+
     def reduce_axes(self, node, rank: int) -> List[int]:
         """The axes of a Reduce* node (attribute or constant input), keepdims required."""
         from daceml.onnx.ops.common import constant_input
@@ -110,16 +119,7 @@ class _Matcher:
         for conn, acc in inputs.items():
             state.add_edge(acc, None, new, conn, sdfg.make_array_memlet(acc.data))
         state.add_edge(new, new.schema.outputs[0].name, out, None, sdfg.make_array_memlet(out.data))
-        sources = {e.src for n in self.nodes for e in state.in_edges(n)}
-        inner = [a for a in self.accesses if a is not out]
-        for n in self.nodes:
-            state.remove_node(n)
-        for a in inner:
-            state.remove_node(a)
-            sdfg.remove_data(a.data, validate=False)
-        for src in sources:
-            if src in state.nodes() and state.degree(src) == 0:
-                state.remove_node(src)
+        remove_matched(state, self.nodes, [a for a in self.accesses if a is not out])
         return new
 
 
@@ -149,11 +149,7 @@ class RecognizeDecomposedOps(Pass):
 
     @staticmethod
     def _layer_norm(g: _Matcher, mean_node, model) -> str:
-        x = g.source(mean_node, "data")
-        desc = g.sdfg.arrays[x.data]
-        rank = len(desc.shape)
-        if desc.dtype not in (dace.float32, dace.float64) or rank == 0:
-            raise _NoMatch
+        x, desc, rank = g.float_input(mean_node, "data")
         axes = g.reduce_axes(mean_node, rank)
         if axes != list(range(rank - len(axes), rank)):
             raise _NoMatch  # LayerNormalization normalizes trailing axes
@@ -278,11 +274,7 @@ class RecognizeDecomposedOps(Pass):
 
     @staticmethod
     def _softmax(g: _Matcher, rmax, model) -> str:
-        x = g.source(rmax, "data")
-        desc = g.sdfg.arrays[x.data]
-        rank = len(desc.shape)
-        if desc.dtype not in (dace.float32, dace.float64) or rank == 0:
-            raise _NoMatch
+        x, desc, rank = g.float_input(rmax, "data")
         axes = g.reduce_axes(rmax, rank)
         if len(axes) != 1:
             raise _NoMatch
