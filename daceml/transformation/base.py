@@ -96,6 +96,11 @@ def add_constant(model, base: str, value) -> str:
     return model.add_weight(name, value)
 
 
+#: name prefix of the arenas PlanMemory (level 4) allocates: arrays of which the planned
+#: transients are views, each range ordered by the planner, not by the arena's access nodes
+ARENA_PREFIX = "__daceml_arena"
+
+
 class UnorderedAccessError(RuntimeError):
     """A state reads a transient through an access node that no path orders after its writer."""
 
@@ -105,21 +110,27 @@ def check_ordered_accesses(sdfg: dace.SDFG) -> None:
     a state is also read there through an access node with no path from the writer: within a state
     only edges order nodes, so such a read races with the write (or sees stale data)."""
     import networkx as nx
+    from dace import data as dt
+    from dace.sdfg import utils as sdutil
     for state in sdfg.states():
         writers: Dict[str, list] = {}
         readers: Dict[str, list] = {}
         for node in state.data_nodes():
-            if not sdfg.arrays[node.data].transient:
+            desc = sdfg.arrays[node.data]
+            if not desc.transient or node.data.startswith(ARENA_PREFIX):
                 continue
-            if state.in_degree(node) > 0:
-                writers.setdefault(node.data, []).append(node)
-            elif state.out_degree(node) > 0:
-                readers.setdefault(node.data, []).append(node)
+            # a view's own edge to the data it views is neither a write nor a read of the view
+            view_edge = sdutil.get_view_edge(state, node) if isinstance(desc, dt.View) else None
+            ins = [e for e in state.in_edges(node) if e is not view_edge]
+            outs = [e for e in state.out_edges(node) if e is not view_edge]
+            if ins:
+                writers.setdefault(node.data, []).append((node, ins[0].src))
+            elif outs:
+                readers.setdefault(node.data, []).append((node, outs[0].dst))
         for data, reads in readers.items():
-            for w in writers.get(data, ()):
-                for r in reads:
+            for w, producer in writers.get(data, ()):
+                for r, consumer in reads:
                     if not nx.has_path(state.nx, w, r):
                         raise UnorderedAccessError(
-                            f"state {state.label!r}: transient {data!r} is written by "
-                            f"{state.in_edges(w)[0].src} and read by {state.out_edges(r)[0].dst} with "
-                            "nothing ordering the read after the write")
+                            f"state {state.label!r}: transient {data!r} is written by {producer} and read by "
+                            f"{consumer} with nothing ordering the read after the write")

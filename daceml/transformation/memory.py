@@ -35,9 +35,7 @@ from dace import properties
 from dace.sdfg import nodes as sdnodes
 from dace.sdfg import utils as sdutil
 
-from daceml.transformation.base import Pass
-
-ARENA_PREFIX = "__daceml_arena"
+from daceml.transformation.base import ARENA_PREFIX, Pass
 
 
 @dataclasses.dataclass

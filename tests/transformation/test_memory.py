@@ -126,3 +126,15 @@ def test_program_with_a_loop_is_left_alone():
     assert memory.memory_plan(sdfg) is None
     p = memory.PlanMemory()
     assert p.apply(sdfg) == 0 and "order unknown" in p.detail
+
+
+def test_verify_mode_checks_the_planned_program():
+    """``verify=True`` runs the program after PlanMemory too, and the ordering check that runs
+    with it reads the planned arrays' views (not the arena's unordered ranges)."""
+    model, inputs = _diamond_model()
+    dm = ONNXModel(model, name="memory_diamond_verify")
+    report = optimize(dm, passes=pipeline(3) + [[ReshapesAsViews(), PersistentTransients(), memory.PlanMemory()]],
+                      verify=True)
+    plan_pass = report.passes[-1]
+    assert plan_pass.name == "PlanMemory" and plan_pass.changes >= 5 and plan_pass.max_error is not None
+    assert plan_pass.max_error < 1e-6
