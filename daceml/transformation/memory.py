@@ -20,8 +20,9 @@ count as its accesses.
 
 Offsets are chosen greedily, largest array first, at the lowest aligned offset where the
 array overlaps no array it interferes with. :func:`memory_plan` computes the plan without
-changing anything (``daceml report`` prints it); the pass's detail gives the arena size
-against the bytes the planned transients had before.
+changing anything; the pass's detail gives the arena size against the bytes the planned
+transients had before, and ``daceml report`` the transient memory at each level
+(:func:`daceml.analysis.dataflow.transient_memory`: after this pass, the arenas).
 """
 import dataclasses
 import functools
