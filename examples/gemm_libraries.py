@@ -1,5 +1,7 @@
 """GEMM rate of each CPU implementation daceml has (pure tiled kernel, OpenBLAS, oneMKL) and of
-PyTorch (its own MKL), on the GEMM shapes of the benchmarks, at the same number of threads.
+PyTorch (its own MKL), on the GEMM shapes of the benchmarks, at the same number of threads:
+BERT's projections and feed-forward, the MLP, ResNet-50's convs as GEMMs (64 x 3136 x 576 at
+56x56, 512 x 49 x 4608 and 2048 x 49 x 512 at 7x7) and a product with few rows.
 
 usage: python examples/gemm_libraries.py [--threads 2] [--repeat 15]
 
@@ -20,7 +22,8 @@ from onnx import helper
 from daceml.onnx import ONNXModel
 from daceml.onnx.nodes import ONNXOp
 
-SHAPES = [(1024, 768, 768), (1024, 3072, 768), (1024, 768, 3072), (256, 1024, 1024)]  # M, N, K
+SHAPES = [(1024, 768, 768), (1024, 3072, 768), (1024, 768, 3072), (256, 1024, 1024),  # M, N, K
+          (64, 3136, 576), (512, 49, 4608), (2048, 49, 512), (8, 1024, 1024)]
 
 
 def median_s(fn, repeat):

@@ -2,7 +2,7 @@
 # Debian packages daceml needs beyond Python, a C++ compiler and CMake.
 # Installs them with apt-get when run as root; otherwise says what to install.
 set -euo pipefail
-PACKAGES=(libopenblas-dev liblapacke-dev)
+PACKAGES=()  # none today: BLAS comes from the pinned wheels (scipy-openblas32, mkl)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

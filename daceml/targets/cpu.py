@@ -6,12 +6,13 @@
   (no second thread pool spinning against them). The CPU default for GEMMs:
   measured faster than OpenBLAS and the pure kernels on every GEMM shape of the
   benchmarks (see ``FAST_IMPLEMENTATIONS`` in daceml/transformation/passes.py).
-- ``OpenBLAS``: Debian's libopenblas (installed by scripts/system_packages.sh).
+- ``OpenBLAS``: OpenBLAS 0.3.34 from the ``scipy-openblas32`` wheel (pinned in
+  requirements.txt), run single-threaded and split between the program's OpenMP threads
+  by daceml's own wrapper (``cpu_support/openblas_gemm.h``).
 
 Implementations that call cblas_* list one of them in their ``environments``.
 """
 import ctypes
-import ctypes.util
 import glob
 import os
 import sys
@@ -21,38 +22,47 @@ import dace
 import dace.library
 
 
-def _openblas_path() -> str:
-    for candidate in ("/usr/lib/x86_64-linux-gnu/libopenblas.so", "/usr/lib/aarch64-linux-gnu/libopenblas.so"):
-        if os.path.exists(candidate):
-            return candidate
-    found = ctypes.util.find_library("openblas")
-    return found or ""
+#: the shipped header with daceml's threaded GEMM over the wheel's single-threaded OpenBLAS
+SUPPORT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_support")
+
+
+@lru_cache(maxsize=None)
+def openblas_path() -> str:
+    """Path of the scipy-openblas32 wheel's shared library (pinned in requirements.txt), or ""."""
+    try:
+        import scipy_openblas32
+    except ImportError:
+        return ""
+    libs = sorted(glob.glob(os.path.join(scipy_openblas32.get_lib_dir(), "libscipy_openblas*.so*")))
+    return libs[0] if libs else ""
 
 
 @dace.library.environment
 class OpenBLAS:
-    """Debian's OpenBLAS (libopenblas-dev): cblas_sgemm, cblas_dgemm, ..."""
+    """OpenBLAS from the scipy-openblas32 wheel (symbols prefixed ``scipy_``), single-threaded,
+    called through ``daceml::openblas::gemm`` (cpu_support/openblas_gemm.h), which splits each
+    product between the program's OpenMP threads: one thread pool, none spinning against it."""
     cmake_minimum_version = None
     cmake_packages = []
     cmake_variables = {}
-    cmake_includes = []
+    cmake_includes = [SUPPORT_DIR]
     cmake_compile_flags = []
     cmake_link_flags = []
     cmake_files = []
-    headers = ["cblas.h"]
+    headers = ["openblas_gemm.h"]
     state_fields = []
-    init_code = ""
+    init_code = "scipy_openblas_set_num_threads(1);"
     finalize_code = ""
     dependencies = []
 
     @staticmethod
     def cmake_libraries():
-        path = _openblas_path()
+        path = openblas_path()
         return [path] if path else []
 
     @staticmethod
     def is_installed() -> bool:
-        return bool(_openblas_path())
+        return bool(openblas_path())
 
 
 def _mkl_prefixes():

@@ -108,7 +108,8 @@ def test_mkl_is_set_to_the_gnu_openmp_threading_layer():
     assert os.environ["MKL_THREADING_LAYER"] == "GNU" and cpu.MKL.is_installed()
 
 
-def test_mkl_conv_cases():
+@pytest.mark.parametrize("library", LIBRARIES)
+def test_conv_cases(library):
     """2-D convs as GEMMs: 1x1 (straight GEMM), padded, strided, dilated, grouped, with and without bias."""
     rng = np.random.default_rng(4)
     f = np.float32
@@ -130,7 +131,31 @@ def test_mkl_conv_cases():
             names.append(f"{name}_b")
         nodes.append(helper.make_node("Conv", names, [f"{name}_y"], **attrs))
         outputs.append(f"{name}_y")
-    check(make_model(nodes, inputs, outputs), inputs, "mkl")
+    check(make_model(nodes, inputs, outputs), inputs, library)
+
+
+@pytest.mark.parametrize("library", LIBRARIES)
+def test_products_split_between_threads(library):
+    """Products large enough for OpenBLAS's wrapper to split them between the OpenMP threads: by rows
+    (more rows than columns), by columns (blocks of 16, a ragged last block), transposed operands, and
+    batches smaller and larger than the thread count (in sequence, each split / in parallel)."""
+    rng = np.random.default_rng(5)
+    f = np.float32
+    inputs = {"rows_a": rng.standard_normal((1001, 37)), "rows_b": rng.standard_normal((37, 50)),
+              "cols_a": rng.standard_normal((97, 41)), "cols_b": rng.standard_normal((41, 1003)),
+              "gt_a": rng.standard_normal((64, 300)), "gt_b": rng.standard_normal((517, 64)),
+              "gt_c": rng.standard_normal((517, )),
+              "gr_a": rng.standard_normal((30, 700)), "gr_b": rng.standard_normal((30, 20)),
+              "b1_a": rng.standard_normal((1, 301, 40)), "b1_b": rng.standard_normal((1, 40, 230)),
+              "b5_a": rng.standard_normal((5, 3, 90, 40)), "b5_b": rng.standard_normal((5, 3, 40, 110))}
+    inputs = {k: v.astype(f) for k, v in inputs.items()}
+    nodes = [helper.make_node("MatMul", ["rows_a", "rows_b"], ["rows_y"]),
+             helper.make_node("MatMul", ["cols_a", "cols_b"], ["cols_y"]),
+             helper.make_node("Gemm", ["gt_a", "gt_b", "gt_c"], ["gt_y"], transA=1, transB=1, alpha=0.5),
+             helper.make_node("Gemm", ["gr_a", "gr_b"], ["gr_y"], transA=1),
+             helper.make_node("MatMul", ["b1_a", "b1_b"], ["b1_y"]),
+             helper.make_node("MatMul", ["b5_a", "b5_b"], ["b5_y"])]
+    check(make_model(nodes, inputs, ["rows_y", "cols_y", "gt_y", "gr_y", "b1_y", "b5_y"]), inputs, library)
 
 
 def test_mkl_conv_leaves_depthwise_to_the_pure_kernel():

@@ -33,19 +33,19 @@ def _conv_chain():
     inits.update(lo=np.array(0.0, np.float32), hi=np.array(6.0, np.float32))
     nodes = [
         conv("c1", "x", 8, 64, 1), helper.make_node("Clip", ["c1", "lo", "hi"], ["a1"]),             # pure, ReLU6
-        conv("c2", "a1", 64, 64, 1), helper.make_node("Add", ["a1", "c2"], ["s2"]),                   # mkl, residual
+        conv("c2", "a1", 64, 64, 1), helper.make_node("Add", ["a1", "c2"], ["s2"]),                   # blas, residual
         helper.make_node("Relu", ["s2"], ["a2"]),                                                      # ... then Relu
         conv("c3", "a2", 64, 64, 3, group=64), helper.make_node("Sigmoid", ["c3"], ["g3"]),           # depthwise, SiLU
         helper.make_node("Mul", ["c3", "g3"], ["a3"]),
-        conv("c4", "a3", 64, 32, 3), helper.make_node("LeakyRelu", ["c4"], ["a4"], alpha=0.1),        # mkl im2col
-        conv("c5", "a4", 32, 32, 3), helper.make_node("HardSwish", ["c5"], ["a5"]),                   # mkl im2col
+        conv("c4", "a3", 64, 32, 3), helper.make_node("LeakyRelu", ["c4"], ["a4"], alpha=0.1),        # blas im2col
+        conv("c5", "a4", 32, 32, 3), helper.make_node("HardSwish", ["c5"], ["a5"]),                   # blas im2col
         conv("c6", "a5", 32, 16, 1), helper.make_node("Sigmoid", ["c6"], ["a6"]),                     # pure
         conv("c7", "a6", 16, 16, 3), helper.make_node("Add", ["c7", "a6"], ["s7"]),                   # pure, residual
         helper.make_node("Tanh", ["s7"], ["a7"]),
         conv("c8", "a7", 16, 16, 1), helper.make_node("HardSigmoid", ["c8"], ["a8"], alpha=0.3, beta=0.4),
         conv("c9", "a8", 16, 16, 1), helper.make_node("Relu", ["c9"], ["r9"]),                        # c9 read twice:
         helper.make_node("Add", ["r9", "c9"], ["y"]),                                                  # not fused
-        # squeeze-excitation before a 1x1 conv (mkl): the scale goes into the conv's weights
+        # squeeze-excitation before a 1x1 conv (blas): the scale goes into the conv's weights
         helper.make_node("GlobalAveragePool", ["a2"], ["p10"]), helper.make_node("Sigmoid", ["p10"], ["s10"]),
         helper.make_node("Mul", ["s10", "a2"], ["m10"]), conv("c10", "m10", 64, 16, 1),
     ]
@@ -53,7 +53,7 @@ def _conv_chain():
     return make_model(nodes, {"x": x}, ["y", "c10"], inits), x
 
 
-@pytest.mark.skipif(not MKL.is_installed(), reason="the mkl wheels are an optional extra")
+@pytest.mark.skipif(not OpenBLAS.is_installed(), reason="the scipy-openblas32 wheel is not installed")
 def test_activations_and_residuals_fuse_into_both_conv_implementations():
     model, x = _conv_chain()
     expected = run_onnxruntime(model, {"x": x})
@@ -64,7 +64,7 @@ def test_activations_and_residuals_fuse_into_both_conv_implementations():
              if isinstance(n, ONNXOp) and n.schema.name == "Conv"}
     impls = {name: registry.would_select(n, s, dm.sdfg).name for name, (n, s) in convs.items()}
     assert {impls["c1"], impls["c3"], impls["c7"]} == {"pure"}
-    assert {impls["c2"], impls["c4"], impls["c5"], impls["c10"]} == {"mkl"}
+    assert {impls["c2"], impls["c4"], impls["c5"], impls["c10"]} == {"blas"}
     fuse = FuseEpilogues()
     assert fuse.apply(dm.sdfg, dm) == 12, fuse.detail
     fused = {name: epilogue.describe(n) for name, (n, _) in convs.items()}

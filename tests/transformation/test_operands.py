@@ -10,22 +10,27 @@ from torch import nn
 
 from daceml.onnx import ONNXModel
 from daceml.onnx.nodes import ONNXOp
-from daceml.targets.cpu import MKL
+from daceml.targets.cpu import MKL, OpenBLAS
 from daceml.testing.onnx_compare import make_model, run_onnxruntime
 from daceml.testing.torch_compare import assert_gradients_match
 from daceml.torch import DaceModule
-from daceml.transformation import optimize
+from daceml.transformation import optimize, passes
 
-pytestmark = pytest.mark.skipif(not MKL.is_installed(), reason="the mkl wheels are an optional extra")
+pytestmark = pytest.mark.skipif(not OpenBLAS.is_installed(), reason="the scipy-openblas32 wheel is not installed")
 
 
 def _fold_count(report) -> int:
     return next(p for p in report.passes if p.name == "FoldTransposesIntoMatMul").changes
 
 
-def test_attention_layouts_read_and_written_in_place():
+@pytest.mark.parametrize("library", ["blas", "mkl"])
+def test_attention_layouts_read_and_written_in_place(library, monkeypatch):
     """Heads split from (b, s, h, d) as A (perm 0213), as a transposed B (0231), a broadcast B
-    (rank 4 against rank 4 with batch 1) and the product written back to (b, s, h, d)."""
+    (rank 4 against rank 4 with batch 1) and the product written back to (b, s, h, d), with
+    either library (OpenBLAS: one call per batch index; oneMKL: strided batch calls)."""
+    if library == "mkl" and not MKL.is_installed():
+        pytest.skip("the mkl wheels are an optional extra")
+    monkeypatch.setitem(passes.FAST_IMPLEMENTATIONS["cpu"], "MatMul", [library])
     rng = np.random.default_rng(0)
     f = np.float32
     b, s, h, d = 2, 5, 3, 4

@@ -1,15 +1,16 @@
-"""Implementations that call BLAS on the CPU (oneMKL or OpenBLAS), selected like cuBLAS on the GPU.
+"""Implementations that call BLAS on the CPU (OpenBLAS or oneMKL), selected like cuBLAS on the GPU.
 
 Ops: MatMul (every batch/broadcast/1-D case; an N-D x 2-D product is one GEMM
 over all rows), Gemm (transA/transB/alpha/beta, C broadcast), Conv (2-D, not depthwise:
-im2col + GEMM, a 1x1 conv straight as a GEMM; ``mkl`` only).
+im2col + GEMM, a 1x1 conv straight as a GEMM).
 
-Each expands into one C++ tasklet over whole arrays that calls cblas_sgemm /
-cblas_dgemm (batched MatMuls: one cblas_?gemm_batch_strided call with MKL, a loop
-of calls with OpenBLAS). Two libraries, two names: ``mkl`` (oneMKL, the level-2
-default on the CPU) and ``blas`` (OpenBLAS). They are chosen by level 2 of the
-pipeline (ChooseImplementations) or per node (``node.implementation = "mkl"``);
-the pure implementations stay the default of an unoptimized import.
+Each expands into one C++ tasklet over whole arrays. Two libraries, two names: ``blas``
+(OpenBLAS from the scipy-openblas32 wheel, the level-2 default on the CPU: each product split
+between the program's OpenMP threads by daceml::openblas::gemm, batched products one
+single-threaded call per batch index in parallel) and ``mkl`` (oneMKL: cblas_?gemm, batched
+products one cblas_?gemm_batch_strided call). They are chosen by level 2 of the pipeline
+(ChooseImplementations) or per node (``node.implementation = "mkl"``); the pure
+implementations stay the default of an unoptimized import.
 """
 import math
 from typing import List, Sequence
@@ -23,7 +24,7 @@ from daceml.onnx.ops.registry import CheckedImplementation, Implementation, Reje
 from daceml.targets.cpu import MKL, OpenBLAS
 
 _GEMM = {dace.float32: ("cblas_sgemm", "float"), dace.float64: ("cblas_dgemm", "double")}
-_MISSING = {OpenBLAS: "OpenBLAS is not installed (Debian libopenblas-dev)",
+_MISSING = {OpenBLAS: "OpenBLAS is not installed (pip wheel scipy-openblas32)",
             MKL: "oneMKL is not installed (pip wheels mkl and mkl-include)"}
 
 
@@ -35,6 +36,21 @@ def _why_not_dtype(node, state, sdfg, conns: Sequence[str], library=OpenBLAS):
         if dtype not in _GEMM:
             return f"input {c!r} is {dtype}; BLAS GEMM takes float32 or float64"
     return None
+
+
+def gemm_call(library, ctype: str, ta: bool, tb: bool, m, n, k, alpha, a: str, lda, b: str, ldb, beta, c: str,
+              ldc) -> str:
+    """One row-major C++ GEMM call through ``library``: C = alpha op(A) op(B) + beta C, op(X) = X^T
+    where ``ta`` / ``tb``; sizes, scalars and pointers are C++ expressions. oneMKL: cblas_?gemm
+    (threaded by its GNU OpenMP layer); OpenBLAS: daceml::openblas::gemm, which splits the product
+    between the program's OpenMP threads (one single-threaded call inside a parallel loop)."""
+    if library is OpenBLAS:
+        return (f"daceml::openblas::gemm<{ctype}>({str(ta).lower()}, {str(tb).lower()}, {m}, {n}, {k}, "
+                f"({ctype})({alpha}), {a}, {lda}, {b}, {ldb}, ({ctype})({beta}), {c}, {ldc});")
+    name = "cblas_sgemm" if ctype == "float" else "cblas_dgemm"
+    op = {False: "CblasNoTrans", True: "CblasTrans"}
+    return (f"{name}(CblasRowMajor, {op[ta]}, {op[tb]}, {m}, {n}, {k}, ({ctype})({alpha}), {a}, {lda}, {b}, {ldb}, "
+            f"({ctype})({beta}), {c}, {ldc});")
 
 
 def _c(expr) -> str:
@@ -71,11 +87,13 @@ def _tasklet(node, state, sdfg, inputs: List[str], code: str) -> dace.SDFG:
 
 
 class _BlasMatMul(Implementation):
-    """MatMul through cblas_?gemm: one call for N-D x 2-D; batched products one strided batch
-    call (MKL) or one call per batch index (OpenBLAS)."""
+    """MatMul through a BLAS GEMM: one call for N-D x 2-D; batched products one strided batch
+    call (MKL) or one call per batch index (OpenBLAS, the batch in parallel). Operands read or
+    written through fused transposes (``operand_perms``, FoldTransposesIntoMatMul) are passed
+    with their strides: leading dimensions, transpose flags and batch strides."""
     environments = [OpenBLAS]
     #: a constant scale of the product (a fused Mul/Div by a scalar) is the BLAS call's alpha
-    epilogues = ("output_scale", )
+    epilogues = ("operand_perms", "output_scale")
 
     @classmethod
     def why_not(cls, node, state, sdfg):
@@ -85,30 +103,48 @@ class _BlasMatMul(Implementation):
         a, b = node.in_desc(state, sdfg, "A"), node.in_desc(state, sdfg, "B")
         if a.dtype != b.dtype:
             return f"A is {a.dtype} and B is {b.dtype}"
+        if node.operand_perms:
+            return cls.operand_strides_reason(_matmul_descs(node, state, sdfg), node.operand_perms)
+        return None
+
+    @staticmethod
+    def operand_strides_reason(descs, perms):
+        """None if operands ``descs`` ({A, B, Y: array}) read/written through ``perms`` can be
+        passed to one GEMM call per batch index, else why not."""
+        try:
+            strided_operands(descs, perms)
+        except Rejected as ex:
+            return str(ex)
         return None
 
     @classmethod
     def expansion(cls, node, state, sdfg):
+        if node.operand_perms:
+            return _strided_matmul(node, state, sdfg, cls.environments[0])
         a = list(node.in_desc(state, sdfg, "A").shape)
         b = list(node.in_desc(state, sdfg, "B").shape)
         dtype = node.in_desc(state, sdfg, "A").dtype
         gemm, ctype = _GEMM[dtype]
+        library = cls.environments[0]
         a2 = a if len(a) >= 2 else [1] + a
         b2 = b if len(b) >= 2 else b + [1]
         m, k, n = a2[-2], a2[-1], b2[-1]
         ba, bb = a2[:-2], b2[:-2]
         alpha = epilogue.alpha(node, ctype)
-        call = ("{g}(CblasRowMajor, CblasNoTrans, CblasNoTrans, {m}, {n}, {k}, {alpha}, _A + {oa}, {k}, "
-                "_B + {ob}, {n}, ({t})0, _out + {oy}, {n});")
+
+        def call(m, n, k, oa, ob, oy):
+            return gemm_call(library, ctype, False, False, m, n, k, alpha, f"_A + {oa}", k, f"_B + {ob}", n, 0,
+                             f"_out + {oy}", n)
+
         if not bb:
             rows = _prod(ba + [m])
-            code = call.format(g=gemm, t=ctype, m=rows, n=_c(n), k=_c(k), oa="0", ob="0", oy="0", alpha=alpha)
+            code = call(rows, _c(n), _c(k), "0", "0", "0")
             return _tasklet(node, state, sdfg, ["A", "B"], code)
         rank = max(len(ba), len(bb))
         ba = [1] * (rank - len(ba)) + ba
         bb = [1] * (rank - len(bb)) + bb
         out_batch = [x if not is_one(x) else y for x, y in zip(ba, bb)]
-        if cls.environments[0] is MKL and (ba == bb or all(is_one(x) for x in ba) or all(is_one(x) for x in bb)):
+        if library is MKL and (ba == bb or all(is_one(x) for x in ba) or all(is_one(x) for x in bb)):
             # one strided batch call: A or B shared by every batch index has stride 0
             sa = "0" if all(is_one(x) for x in ba) else f"{_c(m)} * {_c(k)}"
             sb = "0" if all(is_one(x) for x in bb) else f"{_c(k)} * {_c(n)}"
@@ -116,7 +152,10 @@ class _BlasMatMul(Implementation):
                     f"{alpha}, _A, {_c(k)}, {sa}, _B, {_c(n)}, {sb}, ({ctype})0, _out, {_c(n)}, "
                     f"{_c(m)} * {_c(n)}, {_prod(out_batch)});")
             return _tasklet(node, state, sdfg, ["A", "B"], code)
+        # one call per batch index: with OpenBLAS the batch in parallel where it has enough
+        # products for the threads (each call then single-threaded), else each call split
         lines = [f"const long long __nb = {_prod(out_batch)};",
+                 "#pragma omp parallel for if(__nb >= omp_get_max_threads())" if library is OpenBLAS else "",
                  "for (long long __b = 0; __b < __nb; ++__b) {",
                  "  long long __r = __b, __oa = 0, __ob = 0, __sa = 1, __sb = 1;"]
         for d in reversed(range(rank)):
@@ -126,9 +165,8 @@ class _BlasMatMul(Implementation):
             if not is_one(bb[d]):
                 lines.append("    __ob += __i * __sb;")
             lines.append(f"    __sa *= {_c(ba[d])}; __sb *= {_c(bb[d])}; }}")
-        lines.append("  " + call.format(g=gemm, t=ctype, alpha=alpha, m=_c(m), n=_c(n), k=_c(k),
-                                        oa=f"__oa * {_c(m)} * {_c(k)}",
-                                        ob=f"__ob * {_c(k)} * {_c(n)}", oy=f"__b * {_c(m)} * {_c(n)}"))
+        lines.append("  " + call(_c(m), _c(n), _c(k), f"__oa * {_c(m)} * {_c(k)}", f"__ob * {_c(k)} * {_c(n)}",
+                                 f"__b * {_c(m)} * {_c(n)}"))
         lines.append("}")
         return _tasklet(node, state, sdfg, ["A", "B"], "\n".join(lines))
 
@@ -156,12 +194,13 @@ class _BlasGemm(Implementation):
                        f"of {y.total_size} elements"
         return None
 
-    @staticmethod
-    def expansion(node, state, sdfg):
+    @classmethod
+    def expansion(cls, node, state, sdfg):
         a = list(node.in_desc(state, sdfg, "A").shape)
         b = list(node.in_desc(state, sdfg, "B").shape)
         dtype = node.in_desc(state, sdfg, "A").dtype
-        gemm, ctype = _GEMM[dtype]
+        _, ctype = _GEMM[dtype]
+        library = cls.environments[0]
         ta, tb = bool(node.transA or 0), bool(node.transB or 0)
         alpha = 1.0 if node.alpha is None else float(node.alpha)
         beta = 1.0 if node.beta is None else float(node.beta)
@@ -171,15 +210,14 @@ class _BlasGemm(Implementation):
         lines = []
         has_c = "C" in node.in_connectors
         if epilogue.has_epilogue(node):
-            return _BlasGemm._with_epilogue(node, state, sdfg, gemm, ctype, ta, tb, alpha, beta, M, N, K)
+            return _BlasGemm._with_epilogue(node, state, sdfg, library, ctype, ta, tb, alpha, beta, M, N, K)
         if has_c:
             ci = _BlasGemm._c_index(node, state, sdfg, N)
             lines += ["#pragma omp parallel for",
                       f"for (long long __i = 0; __i < {M}; ++__i)",
                       f"  for (long long __j = 0; __j < {N}; ++__j) _out[__i * {N} + __j] = _C[{ci}];"]
-        lines.append(f"{gemm}(CblasRowMajor, {'CblasTrans' if ta else 'CblasNoTrans'}, "
-                     f"{'CblasTrans' if tb else 'CblasNoTrans'}, {M}, {N}, {K}, ({ctype}){alpha!r}, _A, "
-                     f"{M if ta else K}, _B, {K if tb else N}, ({ctype}){beta if has_c else 0.0!r}, _out, {N});")
+        lines.append(gemm_call(library, ctype, ta, tb, M, N, K, repr(alpha), "_A", M if ta else K, "_B",
+                               K if tb else N, repr(beta if has_c else 0.0), "_out", N))
         return _tasklet(node, state, sdfg, node.input_connectors(), "\n".join(lines))
 
 
@@ -192,7 +230,7 @@ class _BlasGemm(Implementation):
         return f"{'0' if rows_one else '__i'} * {'1' if cols_one else N} + {'0' if cols_one else '__j'}"
 
     @staticmethod
-    def _with_epilogue(node, state, sdfg, gemm, ctype, ta, tb, alpha, beta, M, N, K):
+    def _with_epilogue(node, state, sdfg, library, ctype, ta, tb, alpha, beta, M, N, K):
         """Y = beta C + residual first (one pass), the product accumulated onto it (beta = 1),
         then the activation in one pass. (Product first with beta = 0 and one pass for all of
         it measured 2% slower on the MLP and BERT benchmarks: MKL's beta = 1 path over a warm Y.)"""
@@ -205,9 +243,8 @@ class _BlasGemm(Implementation):
             terms = [t for t in (bias, f"_{RESIDUAL}[__i * {N} + __j]" if residual else None) if t]
             lines += ["#pragma omp parallel for", f"for (long long __i = 0; __i < {M}; ++__i)",
                       f"  for (long long __j = 0; __j < {N}; ++__j) _out[__i * {N} + __j] = {' + '.join(terms)};"]
-        lines.append(f"{gemm}(CblasRowMajor, {'CblasTrans' if ta else 'CblasNoTrans'}, "
-                     f"{'CblasTrans' if tb else 'CblasNoTrans'}, {M}, {N}, {K}, ({ctype}){alpha!r}, _A, "
-                     f"{M if ta else K}, _B, {K if tb else N}, ({ctype}){1.0 if bias or residual else 0.0!r}, _out, {N});")
+        lines.append(gemm_call(library, ctype, ta, tb, M, N, K, repr(alpha), "_A", M if ta else K, "_B",
+                               K if tb else N, repr(1.0 if bias or residual else 0.0), "_out", N))
         if node.epilogue:
             lines += ["#pragma omp parallel for", f"for (long long __i = 0; __i < {M}; ++__i) {{",
                       f"  {ctype}* __y = _out + __i * {N};",
@@ -229,34 +266,8 @@ class BlasMatMul(_BlasMatMul):
 
 @op_implementation("MatMul", name="mkl")
 class MklMatMul(_BlasMatMul):
-    """MatMul through oneMKL (batched products: one cblas_?gemm_batch_strided call). Operands
-    read or written through fused transposes (``operand_perms``, FoldTransposesIntoMatMul) are
-    passed with their strides: leading dimensions, transpose flags and batch strides."""
+    """MatMul through oneMKL (batched products: one cblas_?gemm_batch_strided call)."""
     environments = [MKL]
-    epilogues = ("operand_perms", "output_scale")
-
-    @classmethod
-    def why_not(cls, node, state, sdfg):
-        reason = super().why_not(node, state, sdfg)
-        if reason is None and node.operand_perms:
-            return cls.operand_strides_reason(_matmul_descs(node, state, sdfg), node.operand_perms)
-        return reason
-
-    @staticmethod
-    def operand_strides_reason(descs, perms):
-        """None if operands ``descs`` ({A, B, Y: array}) read/written through ``perms`` can be
-        passed to one batched call per batch, else why not."""
-        try:
-            strided_operands(descs, perms)
-        except Rejected as ex:
-            return str(ex)
-        return None
-
-    @classmethod
-    def expansion(cls, node, state, sdfg):
-        if not node.operand_perms:
-            return super().expansion(node, state, sdfg)
-        return _strided_matmul(node, state, sdfg)
 
 
 def _matmul_descs(node, state, sdfg):
@@ -303,19 +314,20 @@ def strided_operands(descs, perms):
     return seen
 
 
-def _strided_matmul(node, state, sdfg):
+def _strided_matmul(node, state, sdfg, library):
     seen = strided_operands(_matmul_descs(node, state, sdfg), node.operand_perms)
     gemm, T = _GEMM[node.in_desc(state, sdfg, "A").dtype]
     sa, sb, (sy, ty) = seen["A"][0], seen["B"][0], seen["Y"]
     m, k, n = sa[-2], sa[-1], sb[-1]
 
-    def matrix(conn):
+    def matrix(conn):  # (transposed, leading dimension)
         (rows, cols), (sr, sc) = seen[conn][0][-2:], seen[conn][1][-2:]
         if sc == 1 and (rows == 1 or sr >= cols):
-            return "CblasNoTrans", max(sr, cols)
-        return "CblasTrans", max(sc, rows)
+            return False, max(sr, cols)
+        return True, max(sc, rows)
 
-    (opa, lda), (opb, ldb) = matrix("A"), matrix("B")
+    (ta, lda), (tb, ldb) = matrix("A"), matrix("B")
+    opa, opb = ("CblasTrans" if ta else "CblasNoTrans"), ("CblasTrans" if tb else "CblasNoTrans")
     alpha = epilogue.alpha(node, T)
     ldc = max(ty[-2], n)
     batch = sy[:-2]
@@ -325,9 +337,8 @@ def _strided_matmul(node, state, sdfg):
         return 0 if shape[d] == 1 else strides[d]
 
     last = len(batch) - 1
-    footprint = {"A": lda * (k if opa == "CblasTrans" else m), "B": ldb * (n if opb == "CblasTrans" else k),
-                 "Y": ldc * m}
-    if all(stride(c, last) == 0 or stride(c, last) >= footprint[c] for c in footprint):
+    footprint = {"A": lda * (k if ta else m), "B": ldb * (n if tb else k), "Y": ldc * m}
+    if library is MKL and all(stride(c, last) == 0 or stride(c, last) >= footprint[c] for c in footprint):
         # the matrices of the last batch dim do not overlap: one strided batch call per outer index
         lines = [f"for (long long __i{d} = 0; __i{d} < {batch[d]}; ++__i{d})" for d in range(last)]
         off = {c: " + ".join([f"__i{d} * {stride(c, d)}" for d in range(last)] or ["0"]) for c in footprint}
@@ -335,15 +346,19 @@ def _strided_matmul(node, state, sdfg):
                      f"{lda}, {stride('A', last)}, _B + {off['B']}, {ldb}, {stride('B', last)}, ({T})0, "
                      f"_out + {off['Y']}, {ldc}, {stride('Y', last)}, {batch[last]});")
     else:
-        # interleaved matrices (heads of one row side by side), which MKL's strided batch call
-        # refuses for the product: the batch in parallel, one sequential GEMM per index
-        lines = ["#pragma omp parallel for", f"for (long long __b = 0; __b < {math.prod(batch)}; ++__b) {{",
+        # OpenBLAS, or interleaved matrices (heads of one row side by side), which MKL's strided
+        # batch call refuses for the product: the batch in parallel, one sequential GEMM per index
+        # (OpenBLAS: a batch smaller than the thread count in sequence, each product split)
+        parallel = "#pragma omp parallel for"
+        if library is OpenBLAS:
+            parallel += f" if({math.prod(batch)} >= omp_get_max_threads())"
+        lines = [parallel, f"for (long long __b = 0; __b < {math.prod(batch)}; ++__b) {{",
                  "  long long __r = __b;"]
         for d in reversed(range(len(batch))):
             lines.append(f"  const long long __i{d} = __r % {batch[d]}; __r /= {batch[d]};")
         off = {c: " + ".join(f"__i{d} * {stride(c, d)}" for d in range(len(batch))) for c in footprint}
-        lines += [f"  {gemm}(CblasRowMajor, {opa}, {opb}, {m}, {n}, {k}, {alpha}, _A + {off['A']}, {lda}, "
-                  f"_B + {off['B']}, {ldb}, ({T})0, _out + {off['Y']}, {ldc});", "}"]
+        lines += ["  " + gemm_call(library, T, ta, tb, m, n, k, alpha, f"_A + {off['A']}", lda, f"_B + {off['B']}", ldb,
+                                   0, f"_out + {off['Y']}", ldc), "}"]
     return _tasklet(node, state, sdfg, ["A", "B"], "\n".join(lines))
 
 
@@ -361,22 +376,22 @@ class MklGemm(_BlasGemm):
 
 # --- Conv as GEMM ----------------------------------------------------------------------------------
 
-@op_implementation("Conv", name="mkl")
-class MklConv(CheckedImplementation):
-    """2-D Conv as GEMMs through oneMKL, per image and group: Y[M, OH*OW] = W[M, C*KH*KW] @ col,
+class _BlasConv(CheckedImplementation):
+    """2-D Conv as BLAS GEMMs, per image and group: Y[M, OH*OW] = W[M, C*KH*KW] @ col,
     where col is the image itself for a 1x1 conv with stride 1 and no padding, else its im2col
     (built in a workspace by a parallel loop).
     Depthwise convs (one input channel per group) are left to the pure direct kernel.
     Epilogues (bias, residual, activation) run in one pass over each image's output; a 1x1
     conv's input scaled per image and channel (squeeze-excitation) scales the weights instead."""
-    environments = [MKL]
+    environments = [OpenBLAS]
     epilogues = tuple(epilogue.ACTIVATIONS) + ("residual", "input_scale")
 
     @classmethod
     def check(cls, node, state, sdfg):
         from daceml.onnx.ops.conv_pool import _conv_channels, _static, window
-        if not MKL.is_installed():
-            raise Rejected(_MISSING[MKL])
+        library = cls.environments[0]
+        if not library.is_installed():
+            raise Rejected(_MISSING[library])
         conns = node.input_connectors()
         dtypes = {node.in_desc(state, sdfg, c).dtype for c in conns}
         if len(dtypes) != 1 or next(iter(dtypes)) not in _GEMM:
@@ -420,7 +435,7 @@ class MklConv(CheckedImplementation):
         win, c, m, group = cls.checked(node, state, sdfg)
         nsdfg, nstate, descs = nested_sdfg(node, state, sdfg, suffix="mkl")
         x = descs["X"]
-        gemm, T = _GEMM[x.dtype]
+        _, T = _GEMM[x.dtype]
         (h, wd), (oh, ow), (kh, kw) = win.ins, win.outs, win.kernel
         (sh, sw), (dh, dw), (ph, pw) = win.strides, win.dilations, win.pads_begin
         hw, k = oh * ow, (c // group) * kh * kw
@@ -461,9 +476,9 @@ class MklConv(CheckedImplementation):
                      f"_{INPUT_SCALE}[{per_image} + __c];"]
             weights = "_ws"
         code += [f"  for (int __g = 0; __g < {group}; ++__g)",
-                 f"    {gemm}(CblasRowMajor, CblasNoTrans, CblasNoTrans, {mg}, {hw}, {k}, ({T})1, "
-                 f"{weights} + (long long)__g * {mg * k}, {k}, __col + (long long)__g * {cg * hw if pointwise else k * hw}, "
-                 f"{hw}, ({T})0, __yn + (long long)__g * {mg * hw}, {hw});"]
+                 "    " + gemm_call(cls.environments[0], T, False, False, mg, hw, k, 1, f"{weights} + (long long)__g * {mg * k}",
+                                   k, f"__col + (long long)__g * {cg * hw if pointwise else k * hw}", hw, 0,
+                                   f"__yn + (long long)__g * {mg * hw}", hw)]
         if finish:
             code += ["  #pragma omp parallel for",
                      f"  for (int __m = 0; __m < {m}; ++__m) {{",
@@ -492,3 +507,15 @@ class MklConv(CheckedImplementation):
             nstate.add_edge(tasklet, f"_{name}", nstate.add_write(name), None,
                             dace.Memlet.from_array(name, nsdfg.arrays[name]))
         return nsdfg
+
+
+@op_implementation("Conv", name="blas")
+class BlasConv(_BlasConv):
+    """2-D Conv as GEMMs through OpenBLAS."""
+    environments = [OpenBLAS]
+
+
+@op_implementation("Conv", name="mkl")
+class MklConv(_BlasConv):
+    """2-D Conv as GEMMs through oneMKL."""
+    environments = [MKL]
