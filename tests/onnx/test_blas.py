@@ -138,7 +138,8 @@ def test_conv_cases(library):
 def test_products_split_between_threads(library):
     """Products large enough for OpenBLAS's wrapper to split them between the OpenMP threads: by rows
     (more rows than columns), by columns (blocks of 16, a ragged last block), transposed operands, and
-    batches smaller and larger than the thread count (in sequence, each split / in parallel)."""
+    batches smaller and larger than the thread count (in sequence, each split / in parallel), and
+    products with one row or one column (matrix-vector products, split the same way)."""
     rng = np.random.default_rng(5)
     f = np.float32
     inputs = {"rows_a": rng.standard_normal((1001, 37)), "rows_b": rng.standard_normal((37, 50)),
@@ -146,6 +147,11 @@ def test_products_split_between_threads(library):
               "gt_a": rng.standard_normal((64, 300)), "gt_b": rng.standard_normal((517, 64)),
               "gt_c": rng.standard_normal((517, )),
               "gr_a": rng.standard_normal((30, 700)), "gr_b": rng.standard_normal((30, 20)),
+              "v1_a": rng.standard_normal((1, 600)), "v1_b": rng.standard_normal((700, 600)),
+              "v1_c": rng.standard_normal((700, )),
+              "v2_a": rng.standard_normal((1, 300)), "v2_b": rng.standard_normal((300, 701)),
+              "v3_a": rng.standard_normal((600, 300)), "v3_b": rng.standard_normal((300, 1)),
+              "v4_a": rng.standard_normal((300, 650)), "v4_b": rng.standard_normal((1, 300)),
               "b1_a": rng.standard_normal((1, 301, 40)), "b1_b": rng.standard_normal((1, 40, 230)),
               "b5_a": rng.standard_normal((5, 3, 90, 40)), "b5_b": rng.standard_normal((5, 3, 40, 110))}
     inputs = {k: v.astype(f) for k, v in inputs.items()}
@@ -153,9 +159,13 @@ def test_products_split_between_threads(library):
              helper.make_node("MatMul", ["cols_a", "cols_b"], ["cols_y"]),
              helper.make_node("Gemm", ["gt_a", "gt_b", "gt_c"], ["gt_y"], transA=1, transB=1, alpha=0.5),
              helper.make_node("Gemm", ["gr_a", "gr_b"], ["gr_y"], transA=1),
+             helper.make_node("Gemm", ["v1_a", "v1_b", "v1_c"], ["v1_y"], transB=1, beta=0.5),
+             helper.make_node("MatMul", ["v2_a", "v2_b"], ["v2_y"]),
+             helper.make_node("MatMul", ["v3_a", "v3_b"], ["v3_y"]),
+             helper.make_node("Gemm", ["v4_a", "v4_b"], ["v4_y"], transA=1, transB=1, alpha=2.0),
              helper.make_node("MatMul", ["b1_a", "b1_b"], ["b1_y"]),
              helper.make_node("MatMul", ["b5_a", "b5_b"], ["b5_y"])]
-    check(make_model(nodes, inputs, ["rows_y", "cols_y", "gt_y", "gr_y", "b1_y", "b5_y"]), inputs, library)
+    check(make_model(nodes, inputs, ["rows_y", "cols_y", "gt_y", "gr_y", "v1_y", "v2_y", "v3_y", "v4_y", "b1_y", "b5_y"]), inputs, library)
 
 
 def test_mkl_conv_leaves_depthwise_to_the_pure_kernel():
