@@ -1,9 +1,10 @@
-"""Conv kernels side by side: daceml's pure direct kernel, daceml's oneMKL GEMM conv (im2col + GEMM,
-1x1 straight as a GEMM) and PyTorch (oneDNN), on ResNet-50 and EfficientNet shapes, one thread (or OMP_NUM_THREADS).
+"""Conv kernels side by side: daceml's pure direct kernel, daceml's GEMM conv (im2col + GEMM, 1x1
+straight as a GEMM) through OpenBLAS and oneMKL, and PyTorch (oneDNN), on ResNet-50 and
+EfficientNet shapes, one thread (or OMP_NUM_THREADS).
 
 usage: [OMP_NUM_THREADS=2] python examples/conv_kernels.py
 
-The measurement behind ``MklConv.profitable`` (daceml/onnx/ops/blas.py).
+The measurement behind ``_BlasConv.profitable`` (daceml/onnx/ops/blas.py).
 """
 import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -22,6 +23,7 @@ torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 #: (input shape, weight shape, stride, padding)
 CASES = [((1, 64, 56, 56), (64, 64, 3, 3), 1, 1), ((1, 64, 56, 56), (256, 64, 1, 1), 1, 0),
          ((1, 3, 224, 224), (64, 3, 7, 7), 2, 3), ((1, 256, 14, 14), (256, 256, 3, 3), 1, 1),
+         ((1, 128, 28, 28), (128, 128, 3, 3), 1, 1), ((1, 512, 7, 7), (512, 512, 3, 3), 1, 1),
          ((8, 24, 56, 56), (144, 24, 1, 1), 1, 0), ((8, 144, 56, 56), (24, 144, 1, 1), 1, 0),
          # EfficientNet-B0 / MobileNetV2 at batch 1: expansions with few input channels, projections
          ((1, 16, 112, 112), (96, 16, 1, 1), 1, 0), ((1, 24, 56, 56), (144, 24, 1, 1), 1, 0),
@@ -45,7 +47,7 @@ def main():
         x = rng.standard_normal(xs).astype(np.float32)
         w = rng.standard_normal(ws).astype(np.float32)
         row = []
-        for impl in ("pure", "mkl"):
+        for impl in ("pure", "blas", "mkl"):
             model = ONNXModel(make_model([helper.make_node("Conv", ["x", "w"], ["y"], strides=[s, s], pads=[p] * 4)],
                                          {"x": x, "w": w}, ["y"]))
             for n, _ in model.sdfg.all_nodes_recursive():
@@ -54,7 +56,8 @@ def main():
             row.append(median_ms(lambda model=model, x=x, w=w: model(x=x, w=w)))
         tx, tw = torch.from_numpy(x), torch.from_numpy(w)
         row.append(median_ms(lambda tx=tx, tw=tw, s=s, p=p: torch.nn.functional.conv2d(tx, tw, stride=s, padding=p)))
-        print(f"x {xs} w {ws} stride {s} pad {p}: pure {row[0]:.2f} ms, mkl {row[1]:.2f} ms, torch {row[2]:.2f} ms")
+        print(f"x {xs} w {ws} stride {s} pad {p}: pure {row[0]:.2f} ms, blas {row[1]:.2f} ms, "
+              f"mkl {row[2]:.2f} ms, torch {row[3]:.2f} ms")
 
 
 if __name__ == "__main__":
