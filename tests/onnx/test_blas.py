@@ -165,7 +165,8 @@ def test_products_split_between_threads(library):
              helper.make_node("Gemm", ["v4_a", "v4_b"], ["v4_y"], transA=1, transB=1, alpha=2.0),
              helper.make_node("MatMul", ["b1_a", "b1_b"], ["b1_y"]),
              helper.make_node("MatMul", ["b5_a", "b5_b"], ["b5_y"])]
-    check(make_model(nodes, inputs, ["rows_y", "cols_y", "gt_y", "gr_y", "v1_y", "v2_y", "v3_y", "v4_y", "b1_y", "b5_y"]), inputs, library)
+    outputs = ["rows_y", "cols_y", "gt_y", "gr_y", "v1_y", "v2_y", "v3_y", "v4_y", "b1_y", "b5_y"]
+    check(make_model(nodes, inputs, outputs), inputs, library)
 
 
 def test_mkl_conv_leaves_depthwise_to_the_pure_kernel():
