@@ -86,6 +86,11 @@ def test_pools():
                          strides=[2, 2, 2]),
         helper.make_node("MaxPool", ["xi"], ["max_int8"], name="max_int8", kernel_shape=[2, 2], strides=[2, 2]),
         helper.make_node("MaxPool", ["xd"], ["max_f64"], name="max_f64", kernel_shape=[3, 2], pads=[1, 0, 1, 1]),
+        # no Indices, no dilation: one output row per map iteration (ResNet's stem pool; ceil mode)
+        helper.make_node("MaxPool", ["x"], ["max_rows"], name="max_rows", kernel_shape=[3, 3], strides=[2, 2],
+                         pads=[1, 1, 1, 1]),
+        helper.make_node("MaxPool", ["x"], ["max_rows_ceil"], name="max_rows_ceil", kernel_shape=[3, 2],
+                         strides=[2, 2], pads=[0, 1, 1, 0], ceil_mode=1),
         helper.make_node("AveragePool", ["x"], ["avg_incl"], name="avg_incl", kernel_shape=[3, 2], strides=[2, 2],
                          pads=[1, 1, 1, 1], count_include_pad=1),
         helper.make_node("AveragePool", ["x"], ["avg_ceil"], name="avg_ceil", kernel_shape=[3, 3], strides=[2, 2],
@@ -101,8 +106,8 @@ def test_pools():
         helper.make_node("GlobalMaxPool", ["x3"], ["gmax"], name="gmax"),
         helper.make_node("GlobalLpPool", ["x"], ["glp"], name="glp"),
     ]
-    outs = ["max_ceil", "max_ind", "max_dil", "max_ind_col", "max3d", "max_int8", "max_f64", "avg_incl", "avg_ceil",
-            "avg_ceil_incl", "avg_dil",
+    outs = ["max_ceil", "max_ind", "max_dil", "max_ind_col", "max3d", "max_int8", "max_f64", "max_rows", "max_rows_ceil",
+            "avg_incl", "avg_ceil", "avg_ceil_incl", "avg_dil",
             "avg1d", "lp3", "lp2", "gavg", "gmax", "glp"]
     assert_matches_onnxruntime(make_model(nodes, inputs, outs), inputs, **TOL)
 

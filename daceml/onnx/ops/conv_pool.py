@@ -583,6 +583,49 @@ class PureMaxPool(_WindowPool):
         return win
 
     @classmethod
+    def expansion(cls, node, state, sdfg):
+        win = cls.checked(node, state, sdfg)
+        x = node.in_desc(state, sdfg, "X")
+        if win.k != 2 or "Indices" in node.out_connectors or any(d != 1 for d in win.dilations) or \
+                x.dtype not in (dace.float32, dace.float64):
+            return super().expansion(node, state, sdfg)
+        return cls._row_expansion(node, state, sdfg, win)
+
+    @classmethod
+    def _row_expansion(cls, node, state, sdfg, win):
+        """2-D max pooling (no Indices, no dilation) one output row per map iteration: the row's
+        maxima start at -inf and take one pass per tap (kh, kw) over the output columns whose
+        input column is inside the image. The tap's valid range is computed once per row, so
+        the inner loops have no bounds checks and vectorize."""
+        nsdfg, nstate, descs = nested_sdfg(node, state, sdfg)
+        x = descs["X"]
+        T = x.dtype.ctype
+        (h, w), (oh, ow), (kh, kw) = win.ins, win.outs, win.kernel
+        (sh, sw), (ph, pw) = win.strides, win.pads_begin
+        code = f"""{T}* __yr = __y;
+for (int __j = 0; __j < {ow}; ++__j) __yr[__j] = -std::numeric_limits<{T}>::infinity();
+const int __h0 = __o0 * {sh} - {ph};
+for (int __kh = (__h0 < 0 ? -__h0 : 0); __kh < {kh} && __h0 + __kh < {h}; ++__kh) {{
+  const {T}* __row = __x + (long long)(__h0 + __kh) * {w};
+  for (int __kw = 0; __kw < {kw}; ++__kw) {{
+    const int __off = __kw - {pw};  // input column of output column j: j * {sw} + __off
+    const int __lo = __off >= 0 ? 0 : (-__off + {sw - 1}) / {sw};
+    const int __hi = {w} - 1 - __off < 0 ? 0 : ({w} - 1 - __off) / {sw} + 1;
+    const int __end = __hi < {ow} ? __hi : {ow};
+    for (int __j = __lo; __j < __end; ++__j) {{
+      const {T} __v = __row[__j * {sw} + __off];
+      __yr[__j] = __v > __yr[__j] ? __v : __yr[__j];
+    }}
+  }}
+}}
+"""
+        ranges = {"__n": f"0:{cpp(x.shape[0])}", "__c": f"0:{cpp(x.shape[1])}", "__o0": f"0:{oh}"}
+        inputs = {"__x": dace.Memlet(f"X[__n, __c, 0:{h}, 0:{w}]")}
+        outputs = {"__y": dace.Memlet(f"Y[__n, __c, __o0, 0:{ow}]")}
+        add_cpp_map(nstate, f"{node.label}_maxpool_rows", ranges, inputs, outputs, code)
+        return nsdfg
+
+    @classmethod
     def code(cls, node, win, x, outputs):
         T = x.dtype.ctype
         indices = None
