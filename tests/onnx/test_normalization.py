@@ -99,6 +99,27 @@ def test_symbolic_dims_and_large_logits():
         assert all(np.isfinite(o).all() for o in got)
 
 
+def test_vector_softmax_rows_with_masks_and_extremes():
+    """Rows of 40 (two 16-lane vectors and a tail): masked (-inf) logits give exact zeros, logits
+    far apart (exp underflowing to denormals and to zero) and huge ones stay finite and match
+    onnxruntime, for Softmax and LogSoftmax."""
+    rng = np.random.default_rng(4)
+    x = rand(rng, 6, 40) * 10
+    x[0, 3] = x[0, 20] = x[0, 39] = -np.inf                     # attention masks, in a vector and in the tail
+    x[1] *= 1000                                               # exp far beyond float's range
+    x[2, :] = -90.0
+    x[2, 0] = 0.0                                              # exp(-90): a denormal
+    x[3, :] = -200.0
+    x[3, 17] = 0.0                                             # exp(-200): zero
+    x[4, :] = np.float32(3.0)                                  # a flat row
+    nodes = [helper.make_node("Softmax", ["x"], ["sm"], name="sm"),
+             helper.make_node("LogSoftmax", ["x"], ["lsm"], name="lsm")]
+    expected, got = assert_matches_onnxruntime(make_model(nodes, {"x": x}, ["sm", "lsm"]), {"x": x}, **TOL)
+    sm = got[0]
+    assert (sm[0, [3, 20, 39]] == 0).all() and np.isfinite(sm).all()
+    np.testing.assert_allclose(sm.sum(axis=1), 1, rtol=1e-5)
+
+
 def test_batchnorm_training_mode_is_rejected_with_the_node_name():
     nodes = [helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y", "rm", "rv"], name="bn_train",
                               training_mode=1)]
