@@ -140,7 +140,7 @@ class RemoveDeadNodes(Pass):
 #: Measured by `python examples/gemm_libraries.py` (2 threads, GFLOP/s, pure / OpenBLAS / MKL / torch):
 #: 1024x768x768 175 / 183 / 164 / 168; 1024x3072x768 146 / 188 / 172 / 166; 64x3136x576 (a ResNet-50
 #: conv) 138 / 141 / 98 / 101; 512x49x4608 124 / 154 / 103 / 113; 256x1024x1024 158 / 162 / 164 / 171.
-#: Whole models, one process, interleaved (MKL -> OpenBLAS, ms): BERT layer 100.6 -> 80.7, its
+#: Whole models (`python examples/blas_ab.py`, one process, interleaved; MKL -> OpenBLAS, ms): BERT layer 100.6 -> 80.7, its
 #: training step 253.6 -> 239.4, ResNet-50 77.8 -> 65.0, MobileNetV2 8.4 -> 7.1.
 #: Without the wheels the pure tiled kernels are used.
 FAST_IMPLEMENTATIONS: Dict[str, Dict[str, List[str]]] = {
