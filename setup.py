@@ -18,8 +18,9 @@ NO_EXTENSION = os.environ.get("DACEML_NO_EXTENSION", "") not in ("", "0")
 def read_requirements():
     with open(os.path.join(HERE, "requirements.txt")) as f:
         reqs = [line.split("#")[0].strip() for line in f]
-    # test-only tools are not runtime requirements; oneMKL is optional (extra "mkl": GEMMs then use it)
-    return [r for r in reqs if r and not r.startswith(("pytest", "pybind11", "playwright", "mkl"))]
+    # test-only tools are not runtime requirements; oneMKL is optional (extra "mkl": GEMMs then use it),
+    # OpenVINO only a peer of the benchmark (extra "bench")
+    return [r for r in reqs if r and not r.startswith(("pytest", "pybind11", "playwright", "mkl", "openvino"))]
 
 
 def optional_requirements(prefix):
@@ -36,7 +37,7 @@ setup(
     package_data={"daceml": ["py.typed"], "daceml.targets": ["cuda_support/*", "cpu_support/*"], "daceml.gui": ["static/*"]},
     python_requires=">=3.10",
     install_requires=read_requirements(),
-    extras_require={"mkl": optional_requirements("mkl")},
+    extras_require={"mkl": optional_requirements("mkl"), "bench": optional_requirements("openvino")},
     ext_modules=[] if NO_EXTENSION else [
         Pybind11Extension("daceml._C", ["csrc/dispatch.cpp"], cxx_std=17, extra_compile_args=["-O2"]),
     ],

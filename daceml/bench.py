@@ -1,8 +1,9 @@
 """The CPU benchmark suite: ``make bench`` / ``daceml bench`` / ``python -m daceml.bench``.
 
 Every workload runs, in one process and in interleaved rounds (A B C D A B C D ...),
-through PyTorch eager, torch.compile (inductor), onnxruntime and daceml (DaceModule,
-all four optimization levels), with the same number of threads; the table has the
+through PyTorch eager, torch.compile (inductor), onnxruntime, OpenVINO (when the
+``openvino`` wheel is installed; fp32 inference precision) and daceml (DaceModule, all
+four optimization levels), with the same number of threads; the table has the
 median of each, the ratios, a control (eager timed twice: ratios only count when
 it is close to 1.0), daceml's max error against eager, and the compile times.
 Softmax and LayerNorm also report their bandwidth against the machine's, and the
@@ -14,6 +15,7 @@ same run. Output: reports/bench.md, reports/bench.json and reports/bench.png.
 import argparse
 import contextlib
 import dataclasses
+import importlib.util
 import io
 import json
 import logging
@@ -30,6 +32,9 @@ import numpy as np
 import torch
 
 log = logging.getLogger(__name__)
+
+#: the tools daceml is compared with (OpenVINO only where its wheel is installed)
+PEERS = ("torch.compile", "onnxruntime", "openvino")
 
 
 @dataclasses.dataclass
@@ -79,10 +84,14 @@ def _quiet():
     return stack
 
 
-def _ort_session(module, inputs, threads):
-    import onnxruntime as ort
+def _onnx_proto(module, inputs):
     with _quiet():
-        proto = torch.onnx.export(module, inputs, dynamo=True, external_data=False).model_proto
+        return torch.onnx.export(module, inputs, dynamo=True, external_data=False).model_proto
+
+
+def _ort_session(module, inputs, threads, proto=None):
+    import onnxruntime as ort
+    proto = proto or _onnx_proto(module, inputs)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
@@ -90,6 +99,25 @@ def _ort_session(module, inputs, threads):
     sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     feeds = {i.name: t.numpy() for i, t in zip(sess.get_inputs(), inputs)}
     return lambda: sess.run(None, feeds)
+
+
+def _openvino_request(module, inputs, threads, proto=None):
+    """OpenVINO's CPU plugin on the same ONNX export, at ``threads`` threads, latency mode and
+    fp32 inference precision (it would pick bf16 on CPUs with AVX512_BF16)."""
+    import openvino as ov
+    proto = proto or _onnx_proto(module, inputs)
+    import tempfile
+    core = ov.Core()
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "model.onnx")
+        with open(path, "wb") as f:
+            f.write(proto.SerializeToString())
+        model = core.read_model(path)
+    compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
+                                                 "INFERENCE_PRECISION_HINT": "f32"})
+    request = compiled.create_infer_request()
+    feeds = [t.numpy() for t in inputs]
+    return lambda: request.infer(feeds, share_inputs=True)
 
 
 def _train_step(module, inputs):
@@ -177,15 +205,23 @@ def run_workload(w: Workload, rounds: int, threads: int) -> Dict[str, Any]:
             row["compile_s"]["torch.compile"] = time.perf_counter() - t0
         except Exception as ex:
             row["notes"].append(f"torch.compile failed: {type(ex).__name__}")
-        # onnxruntime (inference only)
+        # onnxruntime and OpenVINO (inference only, one ONNX export)
         if not w.training:
-            t0 = time.perf_counter()
-            try:
-                variants["onnxruntime"] = _ort_session(module, inputs, threads)
-                variants["onnxruntime"]()
-                row["compile_s"]["onnxruntime"] = time.perf_counter() - t0
-            except Exception as ex:
-                row["notes"].append(f"onnxruntime failed: {type(ex).__name__}: {str(ex)[:100]}")
+            proto = _onnx_proto(module, inputs)
+            for name, make in (("onnxruntime", _ort_session), ("openvino", _openvino_request)):
+                if name == "openvino" and importlib.util.find_spec("openvino") is None:
+                    continue
+                t0 = time.perf_counter()
+                try:
+                    variants[name] = make(module, inputs, threads, proto)
+                    out = variants[name]()
+                    row["compile_s"][name] = time.perf_counter() - t0
+                    if name == "openvino":
+                        got = torch.from_numpy(np.asarray(out[0]))
+                        row["notes"].append(f"OpenVINO max err {float((got - ref).abs().max()):.1e}")
+                except Exception as ex:
+                    variants.pop(name, None)
+                    row["notes"].append(f"{name} failed: {type(ex).__name__}: {str(ex)[:100]}")
         variants["eager (control)"] = variants["eager"]
         times: Dict[str, List[float]] = {k: [] for k in variants}
         for f in variants.values():
@@ -199,7 +235,7 @@ def run_workload(w: Workload, rounds: int, threads: int) -> Dict[str, Any]:
     med = row["median_ms"]
     row["control"] = med["eager (control)"] / med["eager"]
     row["speedup_vs_eager"] = med["eager"] / med["daceml"]
-    peers = [med[k] for k in ("torch.compile", "onnxruntime") if k in med]
+    peers = [med[k] for k in PEERS if k in med]
     row["speedup_vs_best_peer"] = min(peers) / med["daceml"] if peers else None
     if w.flops:
         row["daceml_gflops"] = w.flops / (med["daceml"] / 1000) / 1e9
@@ -226,7 +262,7 @@ def write_reports(rows: List[Dict[str, Any]], machine: Dict[str, Any], out: str)
     }
     with open(os.path.join(out, "bench.json"), "w") as f:
         json.dump(summary, f, indent=1)
-    cols = ["eager", "torch.compile", "onnxruntime", "daceml"]
+    cols = ["eager", *PEERS, "daceml"]
     lines = [f"# CPU benchmark ({machine['threads']} threads, {machine['rounds']} interleaved rounds, medians)", "",
              f"Machine: {machine['cpu']}; measured in this run: bandwidth {machine['bandwidth_gbs']:.1f} GB/s, "
              f"SGEMM (2048^3) {machine['sgemm_gflops']:.1f} GFLOP/s with daceml's BLAS, "
@@ -250,8 +286,8 @@ def write_reports(rows: List[Dict[str, Any]], machine: Dict[str, Any], out: str)
                      f" | {r['compile_s'].get('daceml', 0):.0f} / {r['compile_s'].get('torch.compile', 0):.0f} | "
                      + "; ".join(extra + r["notes"]) + " |")
     lines += ["", f"Geometric-mean speedup over eager: inference {summary['geomean_speedup_vs_eager_inference']:.2f}x, "
-              f"training {summary['geomean_speedup_vs_eager_training']:.2f}x; over the faster of torch.compile and "
-              f"onnxruntime: {summary['geomean_speedup_vs_best_peer']:.2f}x.", "",
+              f"training {summary['geomean_speedup_vs_eager_training']:.2f}x; over the fastest of "
+              f"{', '.join(PEERS)}: {summary['geomean_speedup_vs_best_peer']:.2f}x.", "",
               "Generated by `make bench` (`python -m daceml.bench`)."]
     with open(os.path.join(out, "bench.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -263,13 +299,14 @@ def _chart(rows: List[Dict[str, Any]], path: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    cols = ["torch.compile", "onnxruntime", "daceml"]
+    cols = [*PEERS, "daceml"]
     names = [r["workload"] for r in rows]
     x = np.arange(len(names))
     fig, ax = plt.subplots(figsize=(max(8, 1.2 * len(names)), 4.5))
     for i, c in enumerate(cols):
         vals = [r["median_ms"]["eager"] / r["median_ms"][c] if c in r["median_ms"] else 0 for r in rows]
-        ax.bar(x + (i - 1) * 0.27, vals, 0.27, label=c)
+        width = 0.8 / len(cols)
+        ax.bar(x + (i - (len(cols) - 1) / 2) * width, vals, width, label=c)
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_xticks(x, names, rotation=30, ha="right")
     ax.set_ylabel("speedup over PyTorch eager")
