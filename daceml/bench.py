@@ -24,6 +24,7 @@ import os
 import re
 import statistics
 import sys
+import tempfile
 import time
 import warnings
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -106,7 +107,6 @@ def _openvino_request(module, inputs, threads, proto=None):
     fp32 inference precision (it would pick bf16 on CPUs with AVX512_BF16)."""
     import openvino as ov
     proto = proto or _onnx_proto(module, inputs)
-    import tempfile
     core = ov.Core()
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "model.onnx")
@@ -141,7 +141,7 @@ def _median_rate(fn, flops: float) -> float:
     return flops / statistics.median(times) / 1e9
 
 
-def _sgemm_rate(threads: int) -> Dict[str, float]:
+def _sgemm_rate() -> Dict[str, float]:
     """SGEMM rates (GFLOP/s) on a 2048^3 product, median of 7 after warming up: PyTorch's (its
     MKL) and daceml's BLAS default (a compiled one-MatMul program, level-2 implementation
     choice), the reference for the GEMM-bound rows."""
@@ -330,7 +330,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     import platform
     machine = {"threads": args.threads, "rounds": args.rounds, "cpu": platform.processor() or platform.machine(),
                "bandwidth_gbs": _bandwidth()}
-    sgemm = _sgemm_rate(args.threads)
+    sgemm = _sgemm_rate()
     machine.update(sgemm_gflops=sgemm["daceml"], sgemm_torch_gflops=sgemm["torch"])
     rows = []
     for w in _workloads():

@@ -3,12 +3,13 @@
 - ``MKL``: Intel oneMKL from the ``mkl`` / ``mkl-include`` wheels (pinned in
   requirements.txt), linked through ``libmkl_rt`` with the GNU OpenMP threading
   layer, so its GEMMs run on the same OpenMP threads as the program's own maps
-  (no second thread pool spinning against them). The CPU default for GEMMs:
-  measured faster than OpenBLAS and the pure kernels on every GEMM shape of the
-  benchmarks (see ``FAST_IMPLEMENTATIONS`` in daceml/transformation/passes.py).
+  (no second thread pool spinning against them). The CPU fallback for GEMMs where the
+  OpenBLAS wheel is missing.
 - ``OpenBLAS``: OpenBLAS 0.3.34 from the ``scipy-openblas32`` wheel (pinned in
   requirements.txt), run single-threaded and split between the program's OpenMP threads
-  by daceml's own wrapper (``cpu_support/openblas_gemm.h``).
+  by daceml's own wrapper (``cpu_support/openblas_gemm.h``). The CPU default for GEMMs:
+  measured faster than oneMKL on the benchmarks' shapes (see ``FAST_IMPLEMENTATIONS`` in
+  daceml/transformation/passes.py).
 
 Implementations that call cblas_* list one of them in their ``environments``.
 """

@@ -91,7 +91,7 @@ inline void gemm(bool ta, bool tb, long long m, long long n, long long k, T alph
     return;
   }
   const int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
-  if (threads <= 1 || m * n * k < kSplitWork || (m < 2 && n < 32)) {
+  if (threads <= 1 || m * n * k < kSplitWork) {
     gemm1(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
     return;
   }
@@ -103,7 +103,8 @@ inline void gemm(bool ta, bool tb, long long m, long long n, long long k, T alph
       if (r1 > r0)
         gemm1(ta, tb, r1 - r0, n, k, alpha, ta ? a + r0 : a + r0 * lda, lda, b, ldb, beta, c + r0 * ldc, ldc);
     } else {
-      auto bound = [&](long long i) { return i >= nt ? n : ((n * i / nt + 15) / 16 * 16 < n ? (n * i / nt + 15) / 16 * 16 : n); };
+      // boundary i of nt column blocks: n * i / nt rounded up to a multiple of 16, at most n
+      auto bound = [&](long long i) { const long long c = (n * i / nt + 15) / 16 * 16; return c < n ? c : n; };
       const long long c0 = bound(t), c1 = bound(t + 1);
       if (c1 > c0)
         gemm1(ta, tb, m, c1 - c0, k, alpha, a, lda, tb ? b + c0 * ldb : b + c0, ldb, beta, c + c0, ldc);
