@@ -120,6 +120,40 @@ def test_vector_softmax_rows_with_masks_and_extremes():
     np.testing.assert_allclose(sm.sum(axis=1), 1, rtol=1e-5)
 
 
+def test_vector_norm_rows_through_every_loop_and_far_from_zero():
+    """Rows of 150 (two 64-float blocks of four accumulators, one 16-float vector and a tail of 6)
+    and planes of 156 for InstanceNormalization and GroupNormalization, with values offset by
+    100 and -50 (the variance of the deviations, not of the raw values) and one row constant.
+    The reference is float64 numpy: onnxruntime's LayerNormalization computes E[x^2] - E[x]^2
+    and is off by 5e-4 on rows offset by 1000."""
+    from daceml.onnx import ONNXModel
+    rng = np.random.default_rng(5)
+    x = rand(rng, 5, 150) + 100
+    x[4] = 7.0
+    p = rand(rng, 2, 4, 12, 13) * 3 - 50
+    inits = {"g": rand(rng, 150), "b": rand(rng, 150), "s4": rand(rng, 4), "b4": rand(rng, 4)}
+    nodes = [helper.make_node("LayerNormalization", ["x", "g", "b"], ["ln", "ln_mean", "ln_inv"], name="ln"),
+             helper.make_node("InstanceNormalization", ["p", "s4", "b4"], ["inorm"], name="inorm"),
+             helper.make_node("GroupNormalization", ["p", "s4", "b4"], ["gn"], name="gn", num_groups=2)]
+    model = declare_output(make_model(nodes, {"x": x, "p": p}, ["ln", "ln_mean", "ln_inv", "inorm", "gn"], inits,
+                                      opset=21), "gn", p.shape)
+    ln, ln_mean, ln_inv, inorm, gn = ONNXModel(model)(x=x, p=p)
+
+    def norm(v, axes, eps=1e-5):
+        v = v.astype(np.float64)
+        mean = v.mean(axis=axes, keepdims=True)
+        inv = 1 / np.sqrt(((v - mean) ** 2).mean(axis=axes, keepdims=True) + eps)
+        return (v - mean) * inv, mean, inv
+    y, mean, inv = norm(x, 1)
+    np.testing.assert_allclose(ln, y * inits["g"] + inits["b"], **TOL)
+    np.testing.assert_allclose(ln_mean, mean, rtol=1e-6)
+    np.testing.assert_allclose(ln_inv, inv, rtol=1e-4)
+    s4, b4 = inits["s4"][:, None, None], inits["b4"][:, None, None]
+    np.testing.assert_allclose(inorm, norm(p, (2, 3))[0] * s4 + b4, **TOL)
+    grouped = norm(p.reshape(2, 2, 2 * 12 * 13), 2)[0].reshape(p.shape)
+    np.testing.assert_allclose(gn, grouped * s4 + b4, **TOL)
+
+
 def test_batchnorm_training_mode_is_rejected_with_the_node_name():
     nodes = [helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y", "rm", "rv"], name="bn_train",
                               training_mode=1)]
