@@ -245,8 +245,8 @@ class ONNXOp(sdnodes.LibraryNode):
                 problems.append(f"required input {p.name!r} is missing")
             if p.kind is ParamKind.VARIADIC and len(present) < p.min_arity:
                 problems.append(f"variadic input {p.name!r} needs at least {p.min_arity} value(s), got {len(present)}")
-        known_in = {c for c, _ in self.iter_parameters()} | {"__daceml_callback", "__daceml_residual",
-                                                                  "__daceml_input_scale"}
+        from daceml.onnx.ops.epilogue import FUSED_INPUTS
+        known_in = {c for c, _ in self.iter_parameters()} | {"__daceml_callback", *FUSED_INPUTS}
         for c in self.in_connectors:
             if c not in known_in:
                 problems.append(f"unknown input connector {c!r}; inputs are {[p.name for p in s.inputs]}")

@@ -22,6 +22,7 @@ from daceml.transformation.operands import FoldTransposesIntoMatMul
 from daceml.transformation.pad import FoldPadIntoConv
 from daceml.transformation.patterns import RecognizeDecomposedOps
 from daceml.transformation.views import ReshapesAsViews
+from daceml.transformation.winograd import WinogradConvs
 
 log = logging.getLogger(__name__)
 
@@ -324,7 +325,7 @@ PASSES = {c.__name__: c for c in (RemoveIdentities, FoldShapeInputs, RemoveDeadN
                                   FoldBatchNormIntoConv, EliminateLayoutOps, FoldPadIntoConv, RecognizeDecomposedOps,
                                   ChooseImplementations, ReshapesAsViews, ExpandLibraryNodes, InlineAndSimplify, FuseMaps,
                                   PersistentTransients, PlanMemory, HoistWeightComputations, FuseEpilogues,
-                                  FoldTransposesIntoMatMul)}
+                                  FoldTransposesIntoMatMul, WinogradConvs)}
 
 
 def level_passes(level: int, device: str = "cpu") -> List[Pass]:
@@ -333,7 +334,7 @@ def level_passes(level: int, device: str = "cpu") -> List[Pass]:
         return [RemoveIdentities(), FoldShapeInputs(), RemoveDeadNodes(), RecognizeDecomposedOps(),
                 EliminateLayoutOps(), FoldPadIntoConv(), MatMulAddToGemm(), FoldBatchNormIntoConv()]
     if level == 2:
-        hoist = [HoistWeightComputations()] if device == "cpu" else []
+        hoist = [WinogradConvs(), HoistWeightComputations()] if device == "cpu" else []
         return hoist + [ChooseImplementations(device=device), FuseEpilogues(), FoldTransposesIntoMatMul(),
                         ExpandLibraryNodes()]
     if level == 3:

@@ -20,6 +20,10 @@ RESIDUAL = "__daceml_residual"
 #: the input connector of a per-image, per-channel scale of the input (a squeeze-excitation's
 #: ``X * S[N, C, 1, 1]`` before a 1x1 conv becomes a scale of the conv's weights per image)
 INPUT_SCALE = "__daceml_input_scale"
+#: the Conv input connector of its Winograd-transformed weights (:mod:`daceml.onnx.ops.winograd`)
+WINOGRAD_WEIGHTS = "__daceml_winograd_weights"
+#: the inputs daceml's passes add to ONNX nodes beyond their op's schema
+FUSED_INPUTS = (RESIDUAL, INPUT_SCALE, WINOGRAD_WEIGHTS)
 
 #: activation -> (names of its parameters, in epilogue_params order; their defaults)
 ACTIVATIONS: Dict[str, Tuple[Tuple[str, ...], Tuple[float, ...]]] = {
@@ -148,6 +152,8 @@ def describe(node) -> str:
         parts.append("transposed operands " + ", ".join(f"{c}{list(p)}" for c, p in sorted(node.operand_perms.items())))
     if INPUT_SCALE in node.in_connectors:
         parts.append("input channels scaled")
+    if WINOGRAD_WEIGHTS in node.in_connectors:
+        parts.append("Winograd-transformed weights")
     if getattr(node, "output_scale", 1.0) != 1.0:
         parts.append(f"x {node.output_scale:g}")
     if RESIDUAL in node.in_connectors:

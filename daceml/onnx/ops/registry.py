@@ -50,6 +50,7 @@ OP_MODULES = (
     "daceml.onnx.ops.elementwise",
     "daceml.onnx.ops.reduction",
     "daceml.onnx.ops.blas",
+    "daceml.onnx.ops.winograd",
     "daceml.onnx.ops.linalg",
     "daceml.onnx.ops.shape",
     "daceml.onnx.ops.conv_pool",
