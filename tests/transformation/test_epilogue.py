@@ -150,6 +150,33 @@ def test_gelu_residual_and_relu_fuse_into_gemms(library, monkeypatch):
         np.testing.assert_allclose(dm(x.numpy()), m(x).numpy(), rtol=1e-5, atol=1e-5)
 
 
+class _Wide(nn.Module):
+    """Products big enough to be split between threads: 96x520x64 by 16-column blocks (the last
+    one ragged), 96x64x520 by rows; bias + ReLU, and bias + residual + GELU."""
+
+    def __init__(self):
+        super().__init__()
+        self.up, self.down = nn.Linear(64, 520), nn.Linear(520, 64)
+
+    def forward(self, x):
+        return torch.nn.functional.gelu(x + self.down(torch.relu(self.up(x))))
+
+
+def test_epilogues_of_products_split_between_threads():
+    if not OpenBLAS.is_installed():
+        pytest.skip("OpenBLAS is not installed")
+    torch.manual_seed(0)
+    m = _Wide().eval()
+    x = torch.randn(96, 64)
+    proto = torch.onnx.export(m, (x, ), dynamo=True, external_data=False).model_proto
+    dm = ONNXModel(proto, name="epilogue_blocks")
+    report = optimize(dm, level=4)
+    fuse = next(p for p in report.passes if p.name == "FuseEpilogues")
+    assert fuse.changes == 3, fuse.detail  # Relu, the residual Add, Gelu
+    with torch.no_grad():
+        np.testing.assert_allclose(dm(x.numpy()), m(x).numpy(), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("library", ["blas", "mkl"])
 def test_constant_scales_become_the_matmul_alpha(library, monkeypatch):
     """``Div(MatMul, c)`` (attention's scaling) and ``Mul(c, MatMul)`` fold into the BLAS call's
