@@ -376,6 +376,22 @@ class MklGemm(_BlasGemm):
 
 # --- Conv as GEMM ----------------------------------------------------------------------------------
 
+def conv_as_gemms(node, state, sdfg, what: str):
+    """(X's descriptor, window, C, M, group) of a 2-D Conv whose inputs are all float32 or all
+    float64 (what GEMMs take), with static kernel sizes; else raises Rejected naming ``what``."""
+    from daceml.onnx.ops.conv_pool import _conv_channels, _static, window
+    conns = [c for c in node.input_connectors() if c in node.in_connectors]
+    dtypes = {node.in_desc(state, sdfg, c).dtype for c in conns}
+    if len(dtypes) != 1 or next(iter(dtypes)) not in _GEMM:
+        raise Rejected(f"inputs are {sorted(map(str, dtypes))}; {what} takes float32 or float64 (all alike)")
+    x, w, y = node.in_desc(state, sdfg, "X"), node.in_desc(state, sdfg, "W"), node.out_desc(state, sdfg, "Y")
+    if len(x.shape) != 4 or len(w.shape) != 4:
+        raise Rejected(f"input X has rank {len(x.shape)}; {what} takes 2-D images (N, C, H, W)")
+    c, m, group = _conv_channels(node, state, sdfg, x.shape, w.shape, transposed=False)
+    win = window(node, x.shape, y.shape, _static(w.shape[2:], "kernel shape"))
+    return x, win, c, m, group
+
+
 class _BlasConv(CheckedImplementation):
     """2-D Conv as BLAS GEMMs, per image and group: Y[M, OH*OW] = W[M, C*KH*KW] @ col,
     where col is the image itself for a 1x1 conv with stride 1 and no padding, else its im2col
@@ -388,21 +404,12 @@ class _BlasConv(CheckedImplementation):
 
     @classmethod
     def check(cls, node, state, sdfg):
-        from daceml.onnx.ops.conv_pool import _conv_channels, _static, window
         library = cls.environments[0]
         if not library.is_installed():
             raise Rejected(_MISSING[library])
-        conns = node.input_connectors()
-        dtypes = {node.in_desc(state, sdfg, c).dtype for c in conns}
-        if len(dtypes) != 1 or next(iter(dtypes)) not in _GEMM:
-            raise Rejected(f"inputs are {sorted(map(str, dtypes))}; the BLAS conv takes float32 or float64 (all alike)")
-        x, w, y = node.in_desc(state, sdfg, "X"), node.in_desc(state, sdfg, "W"), node.out_desc(state, sdfg, "Y")
-        if len(x.shape) != 4 or len(w.shape) != 4:
-            raise Rejected(f"input X has rank {len(x.shape)}; the BLAS conv takes 2-D images (N, C, H, W)")
-        c, m, group = _conv_channels(node, state, sdfg, x.shape, w.shape, transposed=False)
+        x, win, c, m, group = conv_as_gemms(node, state, sdfg, "the BLAS conv")
         if group > 1 and c // group == 1:
             raise Rejected("depthwise conv (one input channel per group): the pure direct kernel is faster")
-        win = window(node, x.shape, y.shape, _static(w.shape[2:], "kernel shape"))
         epilogue.check_residual(node, state, sdfg, "Y")
         if INPUT_SCALE in node.in_connectors:
             pointwise = win.kernel == [1, 1] and win.strides == [1, 1] and not any(win.pads_begin + win.pads_end)
@@ -488,25 +495,32 @@ class _BlasConv(CheckedImplementation):
             code += ["    " + finish, "  }"]
         code.append("}")
         ins = node.input_connectors() + ([RESIDUAL] if residual else []) + ([INPUT_SCALE] if scaled else [])
-        in_types = {f"_{c_}": dace.pointer(descs[c_].dtype) for c_ in ins}
-        out_types = {"_out": dace.pointer(descs["Y"].dtype)}
         workspaces = {}
         if not pointwise:
             workspaces["col"] = (c * kh * kw, hw)
         if scaled:
             workspaces["ws"] = (m, c)
-        for name, shape in workspaces.items():
-            nsdfg.add_transient(name, shape, x.dtype, storage=dace.StorageType.CPU_Heap)
-            out_types[f"_{name}"] = dace.pointer(x.dtype)
-        tasklet = nstate.add_tasklet(f"{node.label}_conv_gemm", in_types, out_types, "\n".join(code),
-                                     language=dace.Language.CPP)
-        for c_ in ins:
-            nstate.add_edge(nstate.add_read(c_), None, tasklet, f"_{c_}", dace.Memlet.from_array(c_, descs[c_]))
-        nstate.add_edge(tasklet, "_out", nstate.add_write("Y"), None, dace.Memlet.from_array("Y", descs["Y"]))
-        for name in workspaces:
-            nstate.add_edge(tasklet, f"_{name}", nstate.add_write(name), None,
-                            dace.Memlet.from_array(name, nsdfg.arrays[name]))
+        workspace_tasklet(nsdfg, nstate, descs, f"{node.label}_conv_gemm", ins, "\n".join(code), workspaces)
         return nsdfg
+
+
+def workspace_tasklet(nsdfg: dace.SDFG, nstate: dace.SDFGState, descs, label: str, ins: List[str], code: str,
+                      workspaces) -> None:
+    """One C++ tasklet in ``nstate`` reading every array of ``ins`` through ``const T* _<name>``,
+    writing ``Y`` through ``T* _out`` and a scratch array per ``workspaces`` entry ({name: shape},
+    X's element type, heap storage) through ``T* _<name>``."""
+    dtype = descs["X"].dtype
+    in_types = {f"_{c}": dace.pointer(descs[c].dtype) for c in ins}
+    out_types = {"_out": dace.pointer(descs["Y"].dtype)}
+    for name, shape in workspaces.items():
+        nsdfg.add_transient(name, shape, dtype, storage=dace.StorageType.CPU_Heap)
+        out_types[f"_{name}"] = dace.pointer(dtype)
+    tasklet = nstate.add_tasklet(label, in_types, out_types, code, language=dace.Language.CPP)
+    for c in ins:
+        nstate.add_edge(nstate.add_read(c), None, tasklet, f"_{c}", dace.Memlet.from_array(c, descs[c]))
+    nstate.add_edge(tasklet, "_out", nstate.add_write("Y"), None, dace.Memlet.from_array("Y", descs["Y"]))
+    for name in workspaces:
+        nstate.add_edge(tasklet, f"_{name}", nstate.add_write(name), None, dace.Memlet.from_array(name, nsdfg.arrays[name]))
 
 
 @op_implementation("Conv", name="blas")

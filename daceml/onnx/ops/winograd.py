@@ -20,14 +20,10 @@ one GEMM ``Mo[xi] (M x T) = U[xi] (M x C) @ V[xi] (C x T)``:
 Rounding: the transforms add and subtract (B, A) and halve (G), so results differ from the
 direct convolution by a few ulp of the partial sums (about 1e-6 relative in float32).
 """
-import math
-
-import dace
-
 from daceml.onnx.ops import epilogue
-from daceml.onnx.ops.blas import _GEMM, _MISSING, gemm_call
+from daceml.onnx.ops.blas import _GEMM, _MISSING, conv_as_gemms, gemm_call, workspace_tasklet
 from daceml.onnx.ops.common import nested_sdfg
-from daceml.onnx.ops.epilogue import RESIDUAL, WINOGRAD_WEIGHTS  # noqa: F401 (re-exported)
+from daceml.onnx.ops.epilogue import RESIDUAL, WINOGRAD_WEIGHTS
 from daceml.onnx.ops.registry import CheckedImplementation, Rejected, op_implementation
 from daceml.targets.cpu import OpenBLAS
 
@@ -39,19 +35,11 @@ G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
 def conv_geometry(node, state, sdfg):
     """(window, C, M) of a Conv that F(2x2, 3x3) computes: 2-D, 3x3 kernel, stride 1, no dilation,
     one group, float32 or float64 (all inputs alike), static sizes; else raises Rejected."""
-    from daceml.onnx.ops.conv_pool import _conv_channels, _static, window
-    conns = [c for c in node.input_connectors() if c in node.in_connectors]
-    dtypes = {node.in_desc(state, sdfg, c).dtype for c in conns}
-    if len(dtypes) != 1 or next(iter(dtypes)) not in _GEMM:
-        raise Rejected(f"inputs are {sorted(map(str, dtypes))}; Winograd takes float32 or float64 (all alike)")
-    x, w, y = node.in_desc(state, sdfg, "X"), node.in_desc(state, sdfg, "W"), node.out_desc(state, sdfg, "Y")
-    if len(x.shape) != 4 or len(w.shape) != 4:
-        raise Rejected(f"input X has rank {len(x.shape)}; Winograd takes 2-D images (N, C, H, W)")
-    c, m, group = _conv_channels(node, state, sdfg, x.shape, w.shape, transposed=False)
+    from daceml.onnx.ops.conv_pool import _static
+    x, win, c, m, group = conv_as_gemms(node, state, sdfg, "Winograd")
     if group != 1:
         raise Rejected(f"group={group}; Winograd takes one group")
     _static(x.shape[1:], "image shape")
-    win = window(node, x.shape, y.shape, _static(w.shape[2:], "kernel shape"))
     if win.kernel != [3, 3] or win.strides != [1, 1] or win.dilations != [1, 1]:
         raise Rejected(f"kernel {win.kernel}, strides {win.strides}, dilations {win.dilations}; Winograd F(2x2, 3x3) "
                        "takes a 3x3 kernel with stride 1 and no dilation")
@@ -171,27 +159,8 @@ class WinogradConv(CheckedImplementation):
                 code.append(f"    const {T}* __r = _{RESIDUAL} + __n * {m * oh * ow} + (long long)__m * {oh * ow};")
             code.append("    " + finish)
         code += ["  }", "}"]
-        ins = [conn for conn in node.in_connectors]
-        in_types = {f"_{conn}": dace.pointer(descs[conn].dtype) for conn in ins}
-        out_types = {"_out": dace.pointer(descs["Y"].dtype)}
         workspaces = {"P": (c, hp, wp), "V": (16, c, tiles), "Mo": (16, m, tiles)}
-        for name, shape in workspaces.items():
-            nsdfg.add_transient(name, shape, x.dtype, storage=dace.StorageType.CPU_Heap)
-            out_types[f"_{name}"] = dace.pointer(x.dtype)
-        tasklet = nstate.add_tasklet(f"{node.label}_winograd", in_types, out_types, "\n".join(code),
-                                     language=dace.Language.CPP)
-        for conn in ins:
-            nstate.add_edge(nstate.add_read(conn), None, tasklet, f"_{conn}",
-                            dace.Memlet.from_array(conn, descs[conn]))
-        nstate.add_edge(tasklet, "_out", nstate.add_write("Y"), None, dace.Memlet.from_array("Y", descs["Y"]))
-        for name in workspaces:
-            nstate.add_edge(tasklet, f"_{name}", nstate.add_write(name), None,
-                            dace.Memlet.from_array(name, nsdfg.arrays[name]))
+        workspace_tasklet(nsdfg, nstate, descs, f"{node.label}_winograd", list(node.in_connectors), "\n".join(code),
+                          workspaces)
         return nsdfg
 
-
-def flops_saved(c: int, m: int, oh: int, ow: int) -> float:
-    """Multiplications of the direct 3x3 convolution over those of F(2x2, 3x3)'s GEMMs
-    (less than 2.25 where the output plane has odd sides: its tiles cover a plane one larger)."""
-    tiles = math.ceil(oh / 2) * math.ceil(ow / 2)
-    return (9 * c * m * oh * ow) / (16 * c * m * tiles)
