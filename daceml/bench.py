@@ -10,7 +10,11 @@ Softmax and LayerNorm also report their bandwidth against the machine's, and the
 GEMM-bound workloads their FLOP rate against the BLAS SGEMM rate measured in the
 same run. Output: reports/bench.md, reports/bench.json and reports/bench.png.
 
-    python -m daceml.bench [--only REGEX] [--rounds 15] [--threads 2] [--out reports]
+    python -m daceml.bench [--only REGEX] [--rounds 15] [--threads 2] [--out reports] [--runs 1]
+
+With ``--runs K`` the whole suite runs K times in the process and each row is the median of
+the K runs' medians (the machine's load changes over minutes, which one run's interleaved
+rounds cannot average out).
 """
 import argparse
 import contextlib
@@ -257,6 +261,12 @@ def run_workload(w: Workload, rounds: int, threads: int) -> Dict[str, Any]:
                     f()
                 times[k].append((time.perf_counter() - t0) / calls)
     row["median_ms"] = {k: 1000 * statistics.median(v) for k, v in times.items()}
+    row["calls_per_sample"] = calls
+    return _ratios(row, w)
+
+
+def _ratios(row: Dict[str, Any], w: Workload) -> Dict[str, Any]:
+    """The row's ratios and rates from its ``median_ms``."""
     med = row["median_ms"]
     row["control"] = med["eager (control)"] / med["eager"]
     row["speedup_vs_eager"] = med["eager"] / med["daceml"]
@@ -266,8 +276,24 @@ def run_workload(w: Workload, rounds: int, threads: int) -> Dict[str, Any]:
         row["daceml_gflops"] = w.flops / (med["daceml"] / 1000) / 1e9
     if w.bytes:
         row["daceml_gbs"] = w.bytes / (med["daceml"] / 1000) / 1e9
-        row["copy_gbs"] = _bandwidth(int(w.bytes), calls)
+        if "copy_gbs" not in row:
+            row["copy_gbs"] = _bandwidth(int(w.bytes), row["calls_per_sample"])
     return row
+
+
+def combine_runs(w: Workload, runs: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """One row from the same workload's rows of several suite runs: per tool the median of the
+    runs' medians, the ratios recomputed from those, each run's speedup over eager in the notes."""
+    if len(runs) == 1 or any("calls_per_sample" not in r for r in runs):
+        return runs[0]
+    row = dict(runs[0])
+    tools = [k for k in runs[0]["median_ms"] if all(k in r["median_ms"] for r in runs)]
+    row["median_ms"] = {k: statistics.median(r["median_ms"][k] for r in runs) for k in tools}
+    row["copy_gbs"] = statistics.median(r.get("copy_gbs", 0.0) for r in runs)
+    row["runs_speedup_vs_eager"] = [r["speedup_vs_eager"] for r in runs]
+    row["notes"] = [f"median of {len(runs)} suite runs (x eager per run: "
+                    + ", ".join(f"{r['speedup_vs_eager']:.2f}" for r in runs) + ")"] + list(runs[0]["notes"])
+    return _ratios(row, w)
 
 
 def _geomean(values: List[float]) -> float:
@@ -289,7 +315,9 @@ def write_reports(rows: List[Dict[str, Any]], machine: Dict[str, Any], out: str)
     with open(os.path.join(out, "bench.json"), "w") as f:
         json.dump(summary, f, indent=1)
     cols = ["eager", *PEERS, "daceml"]
-    lines = [f"# CPU benchmark ({machine['threads']} threads, {machine['rounds']} interleaved rounds, medians)", "",
+    runs = machine.get("runs", 1)
+    lines = [f"# CPU benchmark ({machine['threads']} threads, {machine['rounds']} interleaved rounds, medians"
+             + (f"; each row the median of {runs} runs of the whole suite" if runs > 1 else "") + ")", "",
              f"Machine: {machine['cpu']}; measured in this run: bandwidth {machine['bandwidth_gbs']:.1f} GB/s, "
              f"SGEMM (2048^3) {machine['sgemm_gflops']:.1f} GFLOP/s with daceml's BLAS, "
              f"{machine['sgemm_torch_gflops']:.1f} with PyTorch's.", "",
@@ -350,6 +378,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="reports")
+    parser.add_argument("--runs", type=int, default=1,
+                        help="run the whole suite this many times; each row is the median of the runs' medians")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     torch.set_num_threads(args.threads)
@@ -359,21 +389,25 @@ def main(argv: Optional[List[str]] = None) -> int:
                "bandwidth_gbs": _bandwidth()}
     sgemm = _sgemm_rate()
     machine.update(sgemm_gflops=sgemm["daceml"], sgemm_torch_gflops=sgemm["torch"])
-    rows = []
-    for w in _workloads():
-        if args.only and not re.search(args.only, w.name):
-            continue
-        print(f"{w.name} ...", flush=True)
-        try:
-            rows.append(run_workload(w, args.rounds, args.threads))
-            r = rows[-1]
-            print("  " + ", ".join(f"{k} {v:.2f} ms" for k, v in r["median_ms"].items()) +
-                  f"; x eager {r['speedup_vs_eager']:.2f}", flush=True)
-        except Exception as ex:
-            print(f"  failed: {type(ex).__name__}: {str(ex)[:300]}", flush=True)
-            rows.append({"workload": w.name, "median_ms": {"eager": float("nan"), "daceml": float("nan")},
-                         "speedup_vs_eager": 0.0, "speedup_vs_best_peer": None, "control": float("nan"),
-                         "compile_s": {}, "notes": [f"daceml failed: {type(ex).__name__}: {str(ex)[:120]}"]})
+    machine["runs"] = args.runs
+    workloads = [w for w in _workloads() if not args.only or re.search(args.only, w.name)]
+    per_run: List[List[Dict[str, Any]]] = []
+    for run in range(args.runs):
+        rows = []
+        for w in workloads:
+            print(f"{w.name} ..." + (f" (suite run {run + 1} of {args.runs})" if args.runs > 1 else ""), flush=True)
+            try:
+                rows.append(run_workload(w, args.rounds, args.threads))
+                r = rows[-1]
+                print("  " + ", ".join(f"{k} {v:.2f} ms" for k, v in r["median_ms"].items()) +
+                      f"; x eager {r['speedup_vs_eager']:.2f}", flush=True)
+            except Exception as ex:
+                print(f"  failed: {type(ex).__name__}: {str(ex)[:300]}", flush=True)
+                rows.append({"workload": w.name, "median_ms": {"eager": float("nan"), "daceml": float("nan")},
+                             "speedup_vs_eager": 0.0, "speedup_vs_best_peer": None, "control": float("nan"),
+                             "compile_s": {}, "notes": [f"daceml failed: {type(ex).__name__}: {str(ex)[:120]}"]})
+        per_run.append(rows)
+    rows = [combine_runs(w, [run[i] for run in per_run]) for i, w in enumerate(workloads)]
     summary = write_reports(rows, machine, args.out)
     print(f"geomean x eager: inference {summary['geomean_speedup_vs_eager_inference']:.2f}, training "
           f"{summary['geomean_speedup_vs_eager_training']:.2f}; x best peer {summary['geomean_speedup_vs_best_peer']:.2f}"
