@@ -111,6 +111,93 @@ class Program {
     std::vector<int64_t> args_;
 };
 
+// Reads the live state of a torch module tree for each call of a DaceModule
+// (daceml/torch/dispatch.py; daceml/_dispatch.py has the same in Python): per
+// entry, the tensor under `attr` in its module's parameter or buffer dict, its
+// contiguity, its data pointer and, for tensors a weight-prep program reads, its
+// version. One pass in C++: a CNN has hundreds of tensors, and the program that
+// just ran has evicted the interpreter's data from the caches.
+class StateReader {
+  public:
+    StateReader(py::list dicts, py::list attrs, std::vector<int64_t> positions, size_t nkey)
+        : positions_(std::move(positions)), nkey_(nkey) {
+        if (dicts.size() != attrs.size() || dicts.size() != positions_.size())
+            throw std::invalid_argument("daceml._C.StateReader: " + std::to_string(dicts.size()) + " dicts, " +
+                                        std::to_string(attrs.size()) + " attrs, " +
+                                        std::to_string(positions_.size()) + " positions");
+        for (size_t i = 0; i < dicts.size(); ++i) {
+            if (!PyDict_Check(dicts[i].ptr()))
+                throw std::invalid_argument("daceml._C.StateReader: entry " + std::to_string(i) + " is not a dict");
+            if (positions_[i] >= static_cast<int64_t>(nkey_))
+                throw std::out_of_range("daceml._C.StateReader: key position " + std::to_string(positions_[i]) +
+                                        " of entry " + std::to_string(i) + " >= " + std::to_string(nkey_));
+            dicts_.push_back(py::reinterpret_borrow<py::object>(dicts[i]));
+            attrs_.push_back(py::reinterpret_borrow<py::object>(attrs[i]));
+        }
+        tensor_type_ = py::module_::import("torch").attr("Tensor");
+        is_contiguous_ = py::str("is_contiguous");
+        data_ptr_ = py::str("data_ptr");
+        version_ = py::str("_version");
+    }
+
+    // Appends each tensor's data pointer to `values` and returns the key (a tuple: (data
+    // pointer, version) at each entry's position, None elsewhere); None when an entry is
+    // missing, not a tensor or not contiguous (the caller then takes its checked path).
+    py::object read(py::list values) {
+        py::tuple key(nkey_);
+        for (size_t i = 0; i < nkey_; ++i) PyTuple_SET_ITEM(key.ptr(), i, py::none().release().ptr());
+        // First find every tensor, then touch each one's memory: the lookups and the first
+        // loads of all tensors overlap instead of waiting one cache miss at a time.
+        tensors_.resize(dicts_.size());
+        for (size_t i = 0; i < dicts_.size(); ++i) {
+            PyObject *t = PyDict_GetItemWithError(dicts_[i].ptr(), attrs_[i].ptr());  // borrowed
+            if (t == nullptr) {
+                if (PyErr_Occurred()) throw py::error_already_set();
+                return py::none();
+            }
+            tensors_[i] = t;
+            __builtin_prefetch(t);
+        }
+        for (size_t i = 0; i < dicts_.size(); ++i) {
+            int is_tensor = PyObject_IsInstance(tensors_[i], tensor_type_.ptr());
+            if (is_tensor < 0) throw py::error_already_set();
+            if (!is_tensor) return py::none();
+            // a hint only (a prefetch never faults): torch's THPVariable keeps its TensorImpl
+            // pointer right after the object header and a flag
+            const char *impl = *reinterpret_cast<const char *const *>(reinterpret_cast<const char *>(tensors_[i]) + 24);
+            for (int line = 0; line < 4; ++line) __builtin_prefetch(impl + 64 * line);
+        }
+        for (size_t i = 0; i < dicts_.size(); ++i) {
+            PyObject *t = tensors_[i];
+            py::object contiguous = steal(PyObject_CallMethodNoArgs(t, is_contiguous_.ptr()));
+            if (contiguous.ptr() != Py_True) return py::none();
+            py::object ptr = steal(PyObject_CallMethodNoArgs(t, data_ptr_.ptr()));
+            if (PyList_Append(values.ptr(), ptr.ptr()) < 0) throw py::error_already_set();
+            if (positions_[i] >= 0) {
+                py::object ver = steal(PyObject_GetAttr(t, version_.ptr()));
+                PyObject *pair = PyTuple_Pack(2, ptr.ptr(), ver.ptr());
+                if (pair == nullptr) throw py::error_already_set();
+                PyObject *old = PyTuple_GET_ITEM(key.ptr(), positions_[i]);
+                PyTuple_SET_ITEM(key.ptr(), positions_[i], pair);
+                Py_DECREF(old);
+            }
+        }
+        return std::move(key);
+    }
+
+  private:
+    static py::object steal(PyObject *o) {
+        if (o == nullptr) throw py::error_already_set();
+        return py::reinterpret_steal<py::object>(o);
+    }
+
+    std::vector<py::object> dicts_, attrs_;
+    std::vector<PyObject *> tensors_;  // borrowed, during read()
+    std::vector<int64_t> positions_;
+    size_t nkey_;
+    py::object tensor_type_, is_contiguous_, data_ptr_, version_;
+};
+
 void call(uintptr_t fn, uintptr_t handle, const std::vector<int64_t> &args) {
     if (fn == 0) throw std::invalid_argument("daceml._C.call: null entry point");
     size_t b = bucket_index(args.size());
@@ -135,4 +222,8 @@ PYBIND11_MODULE(_C, m) {
         .def("__call__", &Program::call)
         .def_property_readonly("arguments", &Program::arguments)
         .def_property_readonly("nargs", &Program::nargs);
+    py::class_<StateReader>(m, "StateReader")
+        .def(py::init<py::list, py::list, std::vector<int64_t>, size_t>(), py::arg("dicts"), py::arg("attrs"),
+             py::arg("positions"), py::arg("nkey"))
+        .def("read", &StateReader::read, py::arg("values"));
 }

@@ -17,7 +17,7 @@ import importlib
 import logging
 import os
 from functools import lru_cache
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,39 @@ class CtypesProgram:
         return self._nargs
 
 
+class StateReader:
+    """Reads the live state of a torch module tree for each call of a DaceModule; the interface
+    of ``daceml._C.StateReader``, in Python: per entry, the tensor under ``attrs[i]`` of dict
+    ``dicts[i]`` (a module's ``_parameters`` or ``_buffers``), its contiguity, its data pointer
+    and, where ``positions[i] >= 0``, its version."""
+
+    def __init__(self, dicts: Sequence[dict], attrs: Sequence[str], positions: Sequence[int], nkey: int):
+        if not len(dicts) == len(attrs) == len(positions):
+            raise ValueError(f"daceml._dispatch.StateReader: {len(dicts)} dicts, {len(attrs)} attrs, "
+                             f"{len(positions)} positions")
+        bad = [p for p in positions if p >= nkey]
+        if bad:
+            raise IndexError(f"daceml._dispatch.StateReader: key position {bad[0]} >= {nkey}")
+        self._entries = list(zip(dicts, attrs, positions))
+        self._no_key = [None] * nkey
+
+    def read(self, values: List[int]) -> Optional[tuple]:
+        """Appends each tensor's data pointer to ``values``; returns the key (``(data pointer,
+        version)`` at each entry's position, None elsewhere), or None when an entry is missing,
+        not a tensor or not contiguous."""
+        import torch
+        key = self._no_key.copy()
+        for d, attr, position in self._entries:
+            t = d.get(attr)
+            if not isinstance(t, torch.Tensor) or not t.is_contiguous():
+                return None
+            ptr = t.data_ptr()
+            values.append(ptr)
+            if position >= 0:
+                key[position] = (ptr, t._version)
+        return tuple(key)
+
+
 def ctypes_call(entry_point: int, handle: int, args: Sequence[int]) -> None:
     """Calls ``entry_point(handle, *args)`` (the interface of ``daceml._C.call``)."""
     CtypesProgram(entry_point, handle, len(args)).call_with_updates(range(len(args)), list(args))
@@ -90,6 +123,7 @@ def ctypes_call(entry_point: int, handle: int, args: Sequence[int]) -> None:
 class _CtypesModule:
     """Stands in for the ``daceml._C`` module."""
     Program = CtypesProgram
+    StateReader = StateReader
     call = staticmethod(ctypes_call)
     MAX_ARGS = MAX_ARGS
     name = "ctypes"

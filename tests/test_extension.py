@@ -1,10 +1,11 @@
 """daceml._C: calling compiled programs with raw pointers and symbol values."""
 import numpy as np
 import pytest
+import torch
 
 import dace
 
-from daceml import _C, compiler
+from daceml import _C, _dispatch, compiler
 
 
 @pytest.fixture(scope="module")
@@ -67,3 +68,34 @@ def test_errors_are_clear():
 def test_missing_argument(scale_program):
     with pytest.raises(TypeError, match="missing arguments.*'out'"):
         scale_program(a=np.zeros(2), n=2)
+
+
+@pytest.mark.parametrize("reader", [_C.StateReader, _dispatch.StateReader], ids=["extension", "python"])
+def test_state_reader(reader):
+    """Both implementations of the per-call read of a module's live state: pointers in order,
+    (pointer, version) at the prep positions, None (take the checked path) for anything odd."""
+    lin = torch.nn.Linear(4, 3)
+    bn = torch.nn.BatchNorm1d(3)
+    dicts = [lin._parameters, lin._parameters, bn._buffers]
+    attrs = ["weight", "bias", "running_var"]
+    r = reader(dicts, attrs, [-1, 1, 0], 3)
+    values = [17]
+    key = r.read(values)
+    assert values == [17, lin.weight.data_ptr(), lin.bias.data_ptr(), bn.running_var.data_ptr()]
+    assert key == ((bn.running_var.data_ptr(), bn.running_var._version), (lin.bias.data_ptr(), lin.bias._version),
+                   None)
+    with torch.no_grad():
+        lin.bias.add_(1)
+    assert r.read([])[1] == (lin.bias.data_ptr(), lin.bias._version) != key[1]
+    lin.weight = torch.nn.Parameter(torch.randn(3, 4).t().contiguous().t())  # strided: not contiguous
+    assert r.read([]) is None
+    lin.weight = torch.nn.Parameter(torch.randn(3, 4))
+    assert r.read([]) is not None
+    lin.bias = None
+    assert r.read([]) is None
+    del lin._parameters["bias"]
+    assert r.read([]) is None
+    with pytest.raises((ValueError, IndexError)):
+        reader(dicts, attrs, [-1, 5, 0], 3)
+    with pytest.raises(ValueError):
+        reader(dicts, attrs[:2], [-1, 1, 0], 3)

@@ -20,7 +20,7 @@ the main program. Training programs (built from the level-1 graph) are not affec
 """
 import copy
 import logging
-from typing import Any, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 import numpy as np
 
@@ -91,9 +91,15 @@ class WeightPrep:
 
     def refresh(self, model, live: Dict[str, Any]) -> None:
         """Runs the prep program if a weight it reads changed since its last run."""
-        key = tuple(_version_key(live[s]) if s in live else None for s in self.sources)
+        self.refresh_key(model, tuple(_version_key(live[s]) if s in live else None for s in self.sources),
+                         lambda: live)
+
+    def refresh_key(self, model, key: Tuple[Any, ...], live: Callable[[], Dict[str, Any]]) -> None:
+        """:meth:`refresh` with the key already made by the caller: per source in order,
+        ``(data pointer, version)`` of its live tensor or ``None``; ``live()`` gives the tensors
+        (called only when the prep must run)."""
         if key != self._key:
-            self.run(model, live)
+            self.run(model, live())
             self._key = key
 
 

@@ -45,6 +45,9 @@ def test_optimizer_step_and_replaced_parameter_are_seen(mlp):
         torch.testing.assert_close(after, mlp(x), **TOL)
         mlp[2].bias = nn.Parameter(torch.full((4, ), 7.0))
         torch.testing.assert_close(dm(x), mlp(x), **TOL)
+        mlp[0].weight = nn.Parameter(torch.randn(8, 16).t())  # not contiguous: the checked path
+        torch.testing.assert_close(dm(x), mlp(x), **TOL)
+        torch.testing.assert_close(dm(x), mlp(x), **TOL)
 
 
 def test_shape_change_rebuilds_with_a_log_line(mlp, caplog):
