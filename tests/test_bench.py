@@ -4,20 +4,22 @@ import pytest
 from daceml import bench
 
 
-def _row(eager, daceml, peer, control=None):
+def _row(eager, daceml, peer, control=None, openvino=None):
     return {"workload": "w", "median_ms": {"eager": eager, "daceml": daceml, "onnxruntime": peer,
-                                           "eager (control)": control or eager},
+                                           "eager (control)": control or eager, "openvino": openvino or 2 * peer},
             "calls_per_sample": 1, "compile_s": {}, "notes": ["first run's note"],
             "speedup_vs_eager": eager / daceml}
 
 
 def test_rows_of_several_suite_runs_take_the_median_of_each_tool():
     w = bench.Workload("w", make=None, flops=2e9)
-    runs = [_row(10.0, 5.0, 4.0), _row(30.0, 6.0, 8.0, control=33.0), _row(12.0, 10.0, 6.0)]
+    runs = [_row(10.0, 5.0, 4.0, openvino=1.0), _row(30.0, 6.0, 8.0, control=33.0, openvino=3.0), _row(12.0, 10.0, 6.0)]
     row = bench.combine_runs(w, runs)
-    assert row["median_ms"] == {"eager": 12.0, "daceml": 6.0, "onnxruntime": 6.0, "eager (control)": 12.0}
+    assert row["median_ms"] == {"eager": 12.0, "daceml": 6.0, "onnxruntime": 6.0, "eager (control)": 12.0,
+                                "openvino": 3.0}
     assert row["speedup_vs_eager"] == pytest.approx(2.0)
-    assert row["speedup_vs_best_peer"] == pytest.approx(1.0)
+    assert row["speedup_vs_compile_ort"] == pytest.approx(1.0)
+    assert row["speedup_vs_best_peer"] == pytest.approx(0.5), "OpenVINO counts among all peers"
     assert row["daceml_gflops"] == pytest.approx(2e9 / 0.006 / 1e9)
     assert row["runs_speedup_vs_eager"] == [2.0, 5.0, 1.2]
     assert row["notes"][0] == "median of 3 suite runs (x eager per run: 2.00, 5.00, 1.20)"
