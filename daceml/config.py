@@ -31,7 +31,8 @@ CPU_COMPILER_ARGS = ("-std=c++14 -fPIC -Wall -Wextra -O3 -march=native -fno-math
                      "-Wno-unused-but-set-variable")
 
 
-#: force-included into every CPU translation unit (SIMD declarations of libmvec's math functions)
+#: force-included into every CPU translation unit (SIMD declarations of libmvec's math functions,
+#: daceml_expf)
 VECMATH_HEADER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "targets", "cpu_support", "vecmath.h")
 _HAS_LIBMVEC = any(os.path.exists(os.path.join(d, "libmvec.so"))
                    for d in ("/usr/lib/x86_64-linux-gnu", "/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/lib"))
@@ -136,8 +137,9 @@ def apply_dace_settings() -> None:
     """Writes daceml's choices into DaCe's global configuration."""
     import dace
     # vector versions of exp, erf, tanh, ... (glibc's libmvec) for vectorized loops, where libmvec
-    # can be linked (its declarations without the library would leave undefined symbols)
-    vecmath = f" -include {VECMATH_HEADER}" if _HAS_LIBMVEC else ""
+    # can be linked (its declarations without the library would leave undefined symbols), and
+    # daceml's inline helpers (daceml_expf) everywhere
+    vecmath = f" -include {VECMATH_HEADER}" + (" -DDACEML_LIBMVEC" if _HAS_LIBMVEC else "")
     dace.Config.set("compiler", "cpu", "args", value=settings.cpu_compiler_args + vecmath)
     dace.Config.set("compiler", "cpu", "libs", value="mvec" if _HAS_LIBMVEC else "")
     # DaCe's default build type (RelWithDebInfo) appends -O2 after our -O3.

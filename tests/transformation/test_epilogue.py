@@ -53,6 +53,30 @@ def _conv_chain():
     return make_model(nodes, {"x": x}, ["y", "c10"], inits), x
 
 
+def test_fused_sigmoid_and_silu_over_the_whole_float_range():
+    """Fused float Sigmoid / SiLU compute exp with daceml_expf (cpu_support/vecmath.h): checked
+    against float64 on every tenth of [-30, 30] and out to +-120 (beyond its clamp), NaN kept."""
+    values = np.concatenate([np.linspace(-30, 30, 601), np.linspace(-120, 120, 2401),
+                             [np.float32(88.8), -88.8, 0.0, -0.0, 1e-30, -1e-30, np.nan]]).astype(np.float32)
+    x = np.resize(values, (1, 4, 16, 48))
+    x.reshape(-1)[:values.size] = values
+    w = np.eye(4, dtype=np.float32).reshape(4, 4, 1, 1)  # the conv passes x through exactly
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c1"], name="c1"), helper.make_node("Sigmoid", ["c1"], ["sig"]),
+             helper.make_node("Conv", ["x", "w"], ["c2"], name="c2"), helper.make_node("Sigmoid", ["c2"], ["g2"]),
+             helper.make_node("Mul", ["c2", "g2"], ["silu"])]
+    dm = ONNXModel(make_model(nodes, {"x": x}, ["sig", "silu"], {"w": w}))
+    optimize(dm, passes=pipeline(4))
+    assert "daceml_expf" in "".join(n.code.as_string for n, _ in dm.sdfg.all_nodes_recursive()
+                                    if hasattr(n, "code")), "the epilogues should be fused"
+    sig, silu = dm(x)
+    x64 = np.einsum("oc,nchw->nohw", w[:, :, 0, 0], x.astype(np.float64))  # 0 * NaN: NaN in every channel
+    with np.errstate(over="ignore", invalid="ignore"):
+        sig64 = 1 / (1 + np.exp(-x64))
+    np.testing.assert_allclose(sig, sig64, rtol=1e-6, atol=1e-30, equal_nan=True)
+    np.testing.assert_allclose(silu, x64 * sig64, rtol=1e-6, atol=1e-30, equal_nan=True)
+    assert np.isnan(sig.reshape(-1)[values.size - 1]) and np.isnan(silu.reshape(-1)[values.size - 1])
+
+
 @pytest.mark.skipif(not OpenBLAS.is_installed(), reason="the scipy-openblas32 wheel is not installed")
 def test_activations_and_residuals_fuse_into_both_conv_implementations():
     model, x = _conv_chain()
