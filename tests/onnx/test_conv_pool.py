@@ -8,6 +8,7 @@ from onnx import TensorProto, helper
 from daceml.errors import UnsupportedOpsError
 from daceml.onnx import ONNXModel
 from daceml.testing.onnx_compare import assert_matches_onnxruntime, make_model
+from daceml.transformation import optimize
 
 TOL = dict(rtol=1e-4, atol=1e-4)
 
@@ -50,8 +51,12 @@ def test_conv_variants():
         helper.make_node("Conv", ["x3", "W3", "B3"], ["conv3d"], name="conv3d", auto_pad="SAME_LOWER",
                          strides=[2, 1, 2]),
         helper.make_node("Conv", ["x", "W"], ["asym"], name="asym", pads=[2, 0, 1, 1], kernel_shape=[3, 3]),
+        # unpadded, stride 1: read in place, the last vector of each plane from a zero-filled copy
+        helper.make_node("Conv", ["x", "Wg"], ["grouped_valid"], name="grouped_valid", group=2, dilations=[1, 2]),
+        helper.make_node("Conv", ["x1", "W1"], ["conv1d_valid"], name="conv1d_valid"),
     ]
-    outs = ["plain", "depthwise", "dw_mult", "grouped", "pointwise", "valid", "conv1d", "conv3d", "asym"]
+    outs = ["plain", "depthwise", "dw_mult", "grouped", "pointwise", "valid", "conv1d", "conv3d", "asym",
+            "grouped_valid", "conv1d_valid"]
     assert_matches_onnxruntime(make_model(nodes, inputs, outs, inits), inputs, **TOL)
 
 
@@ -159,3 +164,41 @@ def test_bias_and_symbolic_spatial_dims_are_reported():
         ONNXModel(_conv_model([1, 3, 8, 8], [4, 3, 3, 3], [5]))
     with pytest.raises(UnsupportedOpsError, match="conv_bad.*must be static"):
         ONNXModel(_conv_model(["N", 3, "H", 8], [4, 3, 3, 3]))
+
+
+def _flush_against_a_guard_page(values: np.ndarray):
+    """A copy of ``values`` whose last byte ends a page, followed by a page no one may read: a
+    read past its end is a segfault, not a silently ignored garbage lane."""
+    import ctypes
+    import mmap
+    page = mmap.PAGESIZE
+    size = -(-values.nbytes // page) * page
+    buf = mmap.mmap(-1, size + page, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    assert libc.mprotect(base + size, page, 0) == 0, ctypes.get_errno()  # PROT_NONE
+    arr = np.frombuffer(buf, dtype=values.dtype, count=values.size, offset=size - values.nbytes).reshape(values.shape)
+    arr[...] = values
+    return arr, buf
+
+
+def test_unpadded_convs_read_their_input_in_place_and_not_past_its_end():
+    rng = np.random.default_rng(1)
+    x = rand(rng, 1, 5, 7, 9)  # 63-element planes: the last vector of every plane is partial
+    inits = {"W1x1": rand(rng, 8, 5, 1, 1), "W3": rand(rng, 4, 5, 3, 3)}
+    nodes = [helper.make_node("Conv", ["x", "W1x1"], ["pointwise"], name="pointwise"),
+             helper.make_node("Conv", ["x", "W3"], ["valid"], name="valid")]
+    model = ONNXModel(make_model(nodes, {"x": x}, ["pointwise", "valid"], inits))
+    optimize(model, level=4)
+    labels = [n.label for n, _ in model.sdfg.all_nodes_recursive()]
+    assert {label for label in labels if label.endswith("_conv_map")} == {"pointwise_conv_map", "valid_conv_map"}, labels
+    assert not any("_pad" in label for label in labels), "unpadded convs should read X in place"
+    guarded, keep = _flush_against_a_guard_page(x)
+    got = model(x=guarded)
+    want = model(x=x.copy())
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+    ref = [np.einsum("mc,nchw->nmhw", inits["W1x1"][:, :, 0, 0], x)]
+    np.testing.assert_allclose(got[0], ref[0], rtol=1e-5, atol=1e-5)
+    del keep

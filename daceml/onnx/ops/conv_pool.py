@@ -211,7 +211,7 @@ def _vector_load(T: str, lanes: int, ptr: str, stride: int, var: str) -> str:
 @op_implementation("Conv", name="pure")
 class PureConv(_PureBase):
     """Conv in two maps: the input is copied into a zero-padded buffer (so the kernel has no
-    bounds checks), then a map over (batch, block of output channels, output rows) where each
+    bounds checks; unpadded stride-1 convs read it in place instead), then a map over (batch, block of output channels, output rows) where each
     tasklet computes the row in vector-wide chunks, keeping a block of up to 8 output channels
     x one SIMD vector of outputs in registers over the whole reduction (channels x taps).
     Epilogues (residual, activation) are applied to each row right after it is computed."""
@@ -257,6 +257,10 @@ class PureConv(_PureBase):
         # depthwise 2-D convs pad each channel's plane into a buffer of the task computing it (in
         # L1/L2) instead of a padding pass over the whole input: one parallel region, one pass less
         plane_mode = cg == 1 and k == 2 and plane + slack <= cls.PLANE_BUFFER
+        # unpadded stride-1 convs (1x1 ones above all) read X itself: no copy of the input; the
+        # vector loads that would run past the end of a channel's plane read a zero-filled copy
+        direct = cls.READ_IN_PLACE and not plane_mode and not any(win.pads_begin + win.pads_end) and \
+            all(st == 1 for st in win.strides)
         outer = [f"__o{j}" for j in range(k - 1)]
         ranges = {"__n": f"0:{cpp(batch)}", "__mb": f"0:{m // mb}"}
         inputs = {"__w": dace.Memlet(f"W[__mb*{mb}:__mb*{mb}+{mb},{_subset([], [cg] + win.kernel)}]")}
@@ -291,16 +295,21 @@ for (int __o0 = 0; __o0 < {win.outs[0]}; ++__o0) {{
             if residual:
                 code += f"const {T}* __rr = __res + __o0 * {row};\n"
         else:
-            xp = cls._pad_pass(nstate, node, win, T, batch, c, padded, pst, plane, slack)
             ranges.update({p: f"0:{win.outs[j]}" for j, p in enumerate(outer)})
-            inputs["__xp"] = dace.Memlet(f"Xp[__n,0:{c * plane + slack}]")
             group_off = f" + (__mb / {mg // mb}) * {cg * plane}" if group > 1 else ""
+            if direct:
+                inputs["__xp"] = dace.Memlet(f"X[__n,0:{c},{_subset([], win.ins)}]")
+            else:
+                xp = cls._pad_pass(nstate, node, win, T, batch, c, padded, pst, plane, slack)
+                inputs["__xp"] = dace.Memlet(f"Xp[__n,0:{c * plane + slack}]")
             code += f"const {T}* __xg = __xp{group_off};\n{T}* __yr = __y;\n"
             if residual:
                 code += f"const {T}* __rr = __res;\n"
-        code += cls._row_code(node, win, T, lanes, cg, mb, nv, row, pst, has_bias, residual)
+        code += cls._row_code(node, win, T, lanes, cg, mb, nv, row, pst, has_bias, residual,
+                              plane_end=plane if direct else None)
         if plane_mode:
             code += "}\n"
+        if plane_mode or direct:
             add_cpp_map(nstate, f"{node.label}_conv", ranges, inputs, outputs, code)
         else:
             add_cpp_map(nstate, f"{node.label}_conv", ranges, inputs, outputs, code, input_nodes={"Xp": xp})
@@ -308,6 +317,8 @@ for (int __o0 = 0; __o0 < {win.outs[0]}; ++__o0) {{
 
     #: largest padded plane (elements) a depthwise conv's task keeps in its own buffer (256 KiB of float)
     PLANE_BUFFER = 65536
+    #: unpadded stride-1 convs read X in place (False: through the padded copy, for A/B measurements)
+    READ_IN_PLACE = True
 
     @staticmethod
     def _pad_pass(nstate, node, win, T, batch, c, padded, pst, plane, slack):
@@ -342,10 +353,12 @@ for (int __o0 = 0; __o0 < {win.outs[0]}; ++__o0) {{
         return xp
 
     @staticmethod
-    def _row_code(node, win, T, lanes, cg, mb, nv, row, pst, has_bias, residual) -> str:
+    def _row_code(node, win, T, lanes, cg, mb, nv, row, pst, has_bias, residual, plane_end=None) -> str:
         """C++ computing one output row of ``mb`` channels into ``__yr`` (channel stride: the
         output plane) from the padded input at ``__xg``, in chunks of ``nv`` vectors, then the
-        epilogue over the row."""
+        epilogue over the row. With ``plane_end`` (the plane's size: the input is read in place,
+        with no slack after it), loads that would cross the end of a channel's plane read a
+        zero-filled copy of what is left of it instead."""
         k = win.k
         chunk = nv * lanes
         osp = math.prod(win.outs)
@@ -353,7 +366,8 @@ for (int __o0 = 0; __o0 < {win.outs[0]}; ++__o0) {{
         kspat = math.prod(win.kernel)
         kst = _products(win.kernel)
         s_l, d_l = win.strides[-1], win.dilations[-1]
-        code = f"for (int __r0 = 0; __r0 < {row}; __r0 += {chunk}) {{\n"
+        code = f"alignas(64) {T} __tail[{chunk}];\n" if plane_end is not None else ""
+        code += f"for (int __r0 = 0; __r0 < {row}; __r0 += {chunk}) {{\n"
         accs = [(i, v) for i in range(mb) for v in range(nv)]
         for i, v in accs:
             code += f"__vt __a{i}_{v} = {{}};" + (f" __a{i}_{v} += __b[{i}];\n" if has_bias else "\n")
@@ -364,6 +378,11 @@ for (int __o0 = 0; __o0 < {win.outs[0]}; ++__o0) {{
         xoff = " + ".join([f"(__o{j} * {win.strides[j]} + __k{j} * {win.dilations[j]}) * {pst[j]}"
                            for j in range(k - 1)] + [f"__k{k - 1} * {d_l} + __r0 * {s_l}"])
         code += f"const {T}* __p = __xc + {xoff};\n"
+        if plane_end is not None:
+            code += (f"if (__p + {chunk} > __xc + {plane_end}) {{\n"
+                     f"  const long long __left = (__xc + {plane_end}) - __p;\n"
+                     f"  for (int __l = 0; __l < {chunk}; ++__l) __tail[__l] = __l < __left ? __p[__l] : ({T})0;\n"
+                     "  __p = __tail;\n}\n")
         for v in range(nv):
             code += _vector_load(T, lanes, f"(__p + {v * lanes * s_l})", s_l, f"__xv{v}")
         code += f"const {T}* __wp = __wc + " + " + ".join(f"__k{j} * {kst[j]}" for j in range(k)) + ";\n"
