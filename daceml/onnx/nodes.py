@@ -245,14 +245,14 @@ class ONNXOp(sdnodes.LibraryNode):
                 problems.append(f"required input {p.name!r} is missing")
             if p.kind is ParamKind.VARIADIC and len(present) < p.min_arity:
                 problems.append(f"variadic input {p.name!r} needs at least {p.min_arity} value(s), got {len(present)}")
-        from daceml.onnx.ops.epilogue import FUSED_INPUTS
+        from daceml.onnx.ops.epilogue import FUSED_INPUTS, FUSED_OUTPUTS
         known_in = {c for c, _ in self.iter_parameters()} | {"__daceml_callback", *FUSED_INPUTS}
         for c in self.in_connectors:
             if c not in known_in:
                 problems.append(f"unknown input connector {c!r}; inputs are {[p.name for p in s.inputs]}")
             elif not list(state.in_edges_by_connector(self, c)):
                 problems.append(f"input {c!r} is not connected")
-        known_out = {c for c, _ in self.iter_parameters(outputs=True)}
+        known_out = {c for c, _ in self.iter_parameters(outputs=True)} | set(FUSED_OUTPUTS)
         for c in self.out_connectors:
             if c not in known_out:
                 problems.append(f"unknown output connector {c!r}; outputs are {[p.name for p in s.outputs]}")

@@ -19,6 +19,10 @@ reshape then writes what the last fused node wrote; elementwise nodes commute wi
 After a MatMul whose implementation is a BLAS call, a ``Mul`` or ``Div`` by a constant scalar
 (attention's ``scores / sqrt(d)``) becomes the call's alpha (``ONNXOp.output_scale``).
 
+A ``ReduceMean`` over the spatial dims (or a ``GlobalAveragePool``) of a depthwise conv's
+output, the pooling of a squeeze-excitation, becomes an extra output of the conv: the mean of
+each plane, taken right after the plane is computed (another pass over the tensor saved).
+
 And before a 1x1 Conv, a squeeze-excitation's ``Mul(X, S)`` with ``S`` of shape
 ``[N or 1, C, 1, 1]``: the conv reads ``X`` and scales its weights per image instead (an
 ``M x C`` product per image instead of a pass over the ``C x H x W`` activation).
@@ -34,7 +38,7 @@ from dace import properties
 from dace.sdfg import nodes as sdnodes
 
 from daceml.onnx.nodes import ONNXOp
-from daceml.onnx.ops.epilogue import ACTIVATIONS, INPUT_SCALE, RESIDUAL
+from daceml.onnx.ops.epilogue import ACTIVATIONS, INPUT_SCALE, POOLED_MEAN, RESIDUAL
 from daceml.transformation.base import Pass, _onnx_nodes
 from daceml.transformation.base import private_transient as _private
 from daceml.transformation.base import readers as _consumers
@@ -78,6 +82,8 @@ class FuseEpilogues(Pass):
             if "residual" in supported:
                 n += self._fuse_residual(sdfg, state, node)
             n += self._fuse_activation(sdfg, state, node, supported)
+            if "pooled_mean" in supported and getattr(impl, "pools_planes", lambda *a: False)(node, state, sdfg):
+                n += self._fuse_pooled_mean(sdfg, state, node)
             if n:
                 node.implementation = impl.name  # the epilogue is that implementation's
                 fused += n
@@ -248,6 +254,41 @@ class FuseEpilogues(Pass):
         node.epilogue_params = params
         self._replace_output(sdfg, state, writer, y, removed, last)
         return len(removed)
+
+    def _fuse_pooled_mean(self, sdfg, state, conv) -> int:
+        """A ``ReduceMean`` over the spatial dims (or a ``GlobalAveragePool``) reading the conv's
+        output: the conv writes those means too, from the planes it has just computed."""
+        from daceml.onnx.ops.common import constant_input
+        y = _output(state, conv)
+        if y is None or POOLED_MEAN in conv.out_connectors:
+            return 0
+        rank = len(sdfg.arrays[y.data].shape)
+        for reader, conn in _consumers(state, y):
+            if not isinstance(reader, ONNXOp) or conn != reader.input_connectors()[0]:
+                continue
+            if reader.schema.name == "ReduceMean":
+                if "axes" in reader.in_connectors:
+                    axes = constant_input(reader, state, sdfg, "axes")
+                    axes = None if axes is None else [int(a) for a in axes.reshape(-1)]
+                else:
+                    axes = [int(a) for a in reader.axes] if reader.axes else None
+                if axes is None or sorted(a % rank for a in axes) != list(range(2, rank)):
+                    continue
+            elif reader.schema.name != "GlobalAveragePool":
+                continue
+            p = _output(state, reader)
+            if p is None or sdfg.arrays[p.data].dtype != sdfg.arrays[y.data].dtype:
+                continue
+            (edge, ) = state.in_edges(p)
+            sources = [e.src for e in state.in_edges(reader) if e.src is not y]
+            conv.add_out_connector(POOLED_MEAN)
+            state.add_edge(conv, POOLED_MEAN, p, edge.dst_conn, sdfg.make_array_memlet(p.data))
+            state.remove_node(reader)
+            for src in sources:  # the axes constant
+                if state.degree(src) == 0:
+                    state.remove_node(src)
+            return 1
+        return 0
 
     @staticmethod
     def _replace_output(sdfg, state, writer, y, removed, out) -> None:

@@ -16,7 +16,7 @@ from daceml.testing.torch_compare import assert_gradients_match
 from daceml.torch import DaceModule
 from daceml.transformation import optimize, pipeline
 from daceml.transformation.epilogue import FuseEpilogues
-from daceml.transformation.passes import ChooseImplementations
+from daceml.transformation.passes import ChooseImplementations, ExpandLibraryNodes
 
 
 def _conv_chain():
@@ -255,3 +255,52 @@ def test_a_parameter_scale_is_not_folded_as_a_constant():
         np.testing.assert_allclose(dm(q).numpy(), m(q).numpy(), rtol=1e-5, atol=1e-6)
         m.scale.fill_(-2.0)
         np.testing.assert_allclose(dm(q).numpy(), m(q).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_squeeze_excitation_pooling_fuses_into_the_depthwise_conv():
+    """The ReduceMean / GlobalAveragePool of a depthwise conv's output becomes the conv's second
+    output (the mean of each plane after the epilogue); pools over other dims, and pools of convs
+    not computing whole planes per task, stay nodes. Results equal onnxruntime's."""
+    rng = np.random.default_rng(3)
+    c = 12
+    inits = {"wd": rng.standard_normal((c, 1, 3, 3)).astype(np.float32), "bd": rng.standard_normal(c).astype(np.float32),
+             "w1": (rng.standard_normal((4, c, 1, 1)) * 0.3).astype(np.float32),
+             "w2": (rng.standard_normal((c, 4, 1, 1)) * 0.3).astype(np.float32),
+             "wp": (rng.standard_normal((6, c, 1, 1)) * 0.3).astype(np.float32),
+             "wf": (rng.standard_normal((c, c, 3, 3)) * 0.1).astype(np.float32),
+             "spatial": np.array([-1, -2], np.int64), "all": np.array([1, 2, 3], np.int64)}
+    nodes = [
+        # MBConv's middle: depthwise conv + SiLU, squeeze-excitation, scaled 1x1 projection
+        helper.make_node("Conv", ["x", "wd", "bd"], ["d"], name="dw", group=c, pads=[1] * 4),
+        helper.make_node("Sigmoid", ["d"], ["ds"]), helper.make_node("Mul", ["d", "ds"], ["y"]),
+        helper.make_node("ReduceMean", ["y", "spatial"], ["p"], name="pool"),
+        helper.make_node("Conv", ["p", "w1"], ["e1"]), helper.make_node("Relu", ["e1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2"], ["e2"]), helper.make_node("Sigmoid", ["e2"], ["s"]),
+        helper.make_node("Mul", ["y", "s"], ["m"]), helper.make_node("Conv", ["m", "wp"], ["out"], name="project"),
+        # a stride-2 depthwise conv pooled by GlobalAveragePool (and read by nothing else)
+        helper.make_node("Conv", ["x", "wd"], ["d2"], name="dw2", group=c, pads=[1] * 4, strides=[2, 2]),
+        helper.make_node("GlobalAveragePool", ["d2"], ["g2"], name="gap"),
+        # not fused: a mean over channels too, and a full conv (its tasks compute rows)
+        helper.make_node("Conv", ["x", "wd"], ["d3"], name="dw3", group=c, pads=[1] * 4),
+        helper.make_node("ReduceMean", ["d3", "all"], ["g3"], name="pool_all", keepdims=0),
+        helper.make_node("Conv", ["x", "wf"], ["f"], name="full", pads=[1] * 4),
+        helper.make_node("ReduceMean", ["f", "spatial"], ["g4"], name="pool_full"),
+    ]
+    x = rng.standard_normal((2, c, 13, 11)).astype(np.float32)
+    model = make_model(nodes, {"x": x}, ["out", "g2", "g3", "g4"], inits)
+    expected = run_onnxruntime(model, {"x": x})
+    dm = ONNXModel(model)
+    levels = pipeline(4)
+    optimize(dm, passes=[levels[0], [p for p in levels[1] if not isinstance(p, ExpandLibraryNodes)]])
+    pooled = {n.onnx_node_name for n, _ in dm.sdfg.all_nodes_recursive()
+              if isinstance(n, ONNXOp) and epilogue.POOLED_MEAN in n.out_connectors}
+    assert pooled == {"dw", "dw2"}
+    left = sorted(n.onnx_node_name for n, _ in dm.sdfg.all_nodes_recursive()
+                  if isinstance(n, ONNXOp) and n.schema.name in ("ReduceMean", "GlobalAveragePool"))
+    assert left == ["pool_all", "pool_full"]
+    optimize(dm, passes=[[p for p in levels[1] if isinstance(p, ExpandLibraryNodes)]] + levels[2:])
+    outputs = dm(x)
+    for got, want in zip(outputs, expected):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    # the whole pipeline, checked pass by pass against the unoptimized program
+    optimize(ONNXModel(model), verify=True)

@@ -29,7 +29,7 @@ import dace
 
 from daceml.onnx.ops import epilogue
 from daceml.onnx.ops.common import add_cpp_map, cpp, nested_sdfg
-from daceml.onnx.ops.epilogue import RESIDUAL
+from daceml.onnx.ops.epilogue import POOLED_MEAN, RESIDUAL
 from daceml.onnx.ops.registry import CheckedImplementation, Rejected, op_implementation
 
 _FLOATS = (dace.float32, dace.float64)
@@ -215,7 +215,7 @@ class PureConv(_PureBase):
     tasklet computes the row in vector-wide chunks, keeping a block of up to 8 output channels
     x one SIMD vector of outputs in registers over the whole reduction (channels x taps).
     Epilogues (residual, activation) are applied to each row right after it is computed."""
-    epilogues = tuple(epilogue.ACTIVATIONS) + ("residual", )
+    epilogues = tuple(epilogue.ACTIVATIONS) + ("residual", "pooled_mean")
 
     @classmethod
     def check(cls, node, state, sdfg):
@@ -230,7 +230,44 @@ class PureConv(_PureBase):
         if _static([y.shape[1]], "output channel count") != [m]:
             raise _Reject(f"output Y has {y.shape[1]} channels, expected {m}")
         epilogue.check_residual(node, state, sdfg, "Y")
+        if POOLED_MEAN in node.out_connectors:
+            if not cls._layout(win, c, m, group, node.in_desc(state, sdfg, "X").dtype.bytes)[-1]:
+                raise _Reject("the mean of each output plane is fused only into 2-D depthwise convs whose tasks "
+                              f"compute whole planes (padded plane <= {cls.PLANE_BUFFER} elements)")
+            p, y = node.out_desc(state, sdfg, POOLED_MEAN), node.out_desc(state, sdfg, "Y")
+            if [int(d) for d in p.shape] not in ([int(d) for d in y.shape[:2]], [int(d) for d in y.shape[:2]] + [1, 1]) \
+                    or p.dtype != y.dtype:
+                raise _Reject(f"the fused plane means are {p.dtype}{list(p.shape)}; they must be {y.dtype}"
+                              f"[{y.shape[0]}, {y.shape[1]}(, 1, 1)]")
         return win, c, m, group
+
+    @classmethod
+    def pools_planes(cls, node, state, sdfg) -> bool:
+        """Whether this implementation can also write the mean of each output plane of ``node``."""
+        try:
+            win, c, m, group = cls.checked(node, state, sdfg)
+        except Rejected:
+            return False
+        return cls._layout(win, c, m, group, node.in_desc(state, sdfg, "X").dtype.bytes)[-1]
+
+    @classmethod
+    def _layout(cls, win, c, m, group, itemsize):
+        """(lanes, channels per task, vectors per chunk, padded shape, its strides, padded plane,
+        slack, plane mode) of the kernel."""
+        lanes = _VECTOR_BYTES // itemsize
+        cg, mg = c // group, m // group
+        mb = next(b for b in (8, 4, 2, 1) if mg % b == 0)
+        row = win.outs[-1]
+        # vectors per channel: 8 accumulators in all (independent FMA chains), no more than the row needs
+        nv = max(1, min(8 // mb, -(-row // lanes)))
+        # zero-padded copy of the input, plus slack for the vector overread of the last row
+        padded = [i + b + e for i, b, e in zip(win.ins, win.pads_begin, win.pads_end)]
+        plane = math.prod(padded)
+        slack = (nv * lanes + 1) * win.strides[-1] + 2 * lanes  # a stride-2 vector load reads 2 * lanes
+        # depthwise 2-D convs pad each channel's plane into a buffer of the task computing it (in
+        # L1/L2) instead of a padding pass over the whole input: one parallel region, one pass less
+        plane_mode = cg == 1 and win.k == 2 and plane + slack <= cls.PLANE_BUFFER
+        return lanes, mb, nv, padded, _products(padded), plane, slack, plane_mode
 
     @classmethod
     def expansion(cls, node, state, sdfg):
@@ -238,25 +275,14 @@ class PureConv(_PureBase):
         nsdfg, nstate, descs = nested_sdfg(node, state, sdfg)
         x = descs["X"]
         T = x.dtype.ctype
-        lanes = _VECTOR_BYTES // x.dtype.bytes
         k = win.k
         cg, mg = c // group, m // group
-        mb = next(b for b in (8, 4, 2, 1) if mg % b == 0)
+        lanes, mb, nv, padded, pst, plane, slack, plane_mode = cls._layout(win, c, m, group, x.dtype.bytes)
         row = win.outs[-1]
-        # vectors per channel: 8 accumulators in all (independent FMA chains), no more than the row needs
-        nv = max(1, min(8 // mb, -(-row // lanes)))
-        chunk = nv * lanes
-        # zero-padded copy of the input, plus slack for the vector overread of the last row
-        padded = [i + b + e for i, b, e in zip(win.ins, win.pads_begin, win.pads_end)]
-        pst = _products(padded)
-        plane = math.prod(padded)
-        slack = (chunk + 1) * win.strides[-1] + 2 * lanes  # a stride-2 vector load reads 2 * lanes
         batch = x.shape[0]
         residual = RESIDUAL in node.in_connectors
         has_bias = "B" in node.in_connectors
-        # depthwise 2-D convs pad each channel's plane into a buffer of the task computing it (in
-        # L1/L2) instead of a padding pass over the whole input: one parallel region, one pass less
-        plane_mode = cg == 1 and k == 2 and plane + slack <= cls.PLANE_BUFFER
+        pooled = POOLED_MEAN in node.out_connectors
         # unpadded stride-1 convs (1x1 ones above all) read X itself: no copy of the input; the
         # vector loads that would run past the end of a channel's plane read a zero-filled copy
         direct = cls.READ_IN_PLACE and not plane_mode and not any(win.pads_begin + win.pads_end) and \
@@ -269,6 +295,9 @@ class PureConv(_PureBase):
         rows_out = [f"0:{o}" for o in win.outs[:-1]] if plane_mode else outer
         y_subset = f"__n,__mb*{mb}:__mb*{mb}+{mb},{_subset(rows_out, [row])}"
         outputs = {"__y": dace.Memlet(f"Y[{y_subset}]")}
+        if pooled:
+            ones = ",0,0" if len(descs[POOLED_MEAN].shape) == 4 else ""
+            outputs["__pool"] = dace.Memlet(f"{POOLED_MEAN}[__n,__mb*{mb}:__mb*{mb}+{mb}{ones}]")
         if residual:
             inputs["__res"] = dace.Memlet(f"{RESIDUAL}[{y_subset}]")
         code = f"typedef {T} __vt __attribute__((vector_size({_VECTOR_BYTES})));\n"
@@ -309,11 +338,37 @@ for (int __o0 = 0; __o0 < {win.outs[0]}; ++__o0) {{
                               plane_end=plane if direct else None)
         if plane_mode:
             code += "}\n"
+            if pooled:
+                code += cls._plane_means(T, lanes, mb, math.prod(win.outs))
         if plane_mode or direct:
             add_cpp_map(nstate, f"{node.label}_conv", ranges, inputs, outputs, code)
         else:
             add_cpp_map(nstate, f"{node.label}_conv", ranges, inputs, outputs, code, input_nodes={"Xp": xp})
         return nsdfg
+
+    @staticmethod
+    def _plane_means(T, lanes, mb, osp) -> str:
+        """C++ writing the mean of each of the task's ``mb`` output planes (just written, in L1/L2)
+        to ``__pool``: two vector accumulators (a float sum in one chain would not vectorize), then
+        the lanes and the tail."""
+        return f"""for (int __i = 0; __i < {mb}; ++__i) {{
+  const {T}* __yp = __y + __i * {osp};
+  __vt __s0 = {{}}, __s1 = {{}};
+  int __e = 0;
+  for (; __e + {2 * lanes} <= {osp}; __e += {2 * lanes}) {{
+    __vt __v0, __v1;
+    __builtin_memcpy(&__v0, __yp + __e, sizeof(__vt));
+    __builtin_memcpy(&__v1, __yp + __e + {lanes}, sizeof(__vt));
+    __s0 += __v0;
+    __s1 += __v1;
+  }}
+  __s0 += __s1;
+  {T} __sum = 0;
+  for (int __l = 0; __l < {lanes}; ++__l) __sum += __s0[__l];
+  for (; __e < {osp}; ++__e) __sum += __yp[__e];
+  __pool[__i] = __sum / ({T}){osp};
+}}
+"""
 
     #: largest padded plane (elements) a depthwise conv's task keeps in its own buffer (256 KiB of float)
     PLANE_BUFFER = 65536

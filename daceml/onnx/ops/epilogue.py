@@ -24,6 +24,11 @@ INPUT_SCALE = "__daceml_input_scale"
 WINOGRAD_WEIGHTS = "__daceml_winograd_weights"
 #: the inputs daceml's passes add to ONNX nodes beyond their op's schema
 FUSED_INPUTS = (RESIDUAL, INPUT_SCALE, WINOGRAD_WEIGHTS)
+#: the output connector of the mean of each output plane (after the epilogue): a Conv computing
+#: what a ReduceMean over its spatial dims (a squeeze-excitation's pooling) read from it
+POOLED_MEAN = "__daceml_pooled_mean"
+#: the outputs daceml's passes add to ONNX nodes beyond their op's schema
+FUSED_OUTPUTS = (POOLED_MEAN, )
 
 #: activation -> (names of its parameters, in epilogue_params order; their defaults)
 ACTIVATIONS: Dict[str, Tuple[Tuple[str, ...], Tuple[float, ...]]] = {
@@ -106,6 +111,9 @@ def why_not(impl, node) -> Optional[str]:
         return f"the node has a fused {kind} epilogue, which this implementation does not compute"
     if RESIDUAL in node.in_connectors and "residual" not in supported:
         return "the node has a fused residual addition, which this implementation does not compute"
+    if POOLED_MEAN in node.out_connectors and "pooled_mean" not in supported:
+        return "the node also writes the mean of each output plane (a fused pooling), which this implementation " \
+               "does not compute"
     if INPUT_SCALE in node.in_connectors and "input_scale" not in supported:
         return "the node has a fused scale of its input channels, which this implementation does not compute"
     if getattr(node, "output_scale", 1.0) != 1.0 and "output_scale" not in supported:
