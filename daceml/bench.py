@@ -15,6 +15,13 @@ same run. Output: reports/bench.md, reports/bench.json and reports/bench.png.
 With ``--runs K`` the whole suite runs K times in the process and each row is the median of
 the K runs' medians (the machine's load changes over minutes, which one run's interleaved
 rounds cannot average out).
+
+glibc's malloc serves blocks above its mmap threshold (128 KiB at start, raised as mapped
+blocks are freed) with fresh mappings, whose pages fault in on first touch: eager's MBConv
+block (14 MB activations, allocated and freed every call) takes 41-63 ms in a fresh process
+and 11-22 ms after other workloads have moved the thresholds. So the bench first sets them
+for the whole process, every tool alike (``mallopt``: blocks up to 32 MiB from the heap, the
+heap kept on free); ``--default-malloc`` leaves glibc's defaults.
 """
 import argparse
 import contextlib
@@ -134,6 +141,30 @@ def _train_step(module, inputs):
             p.grad = None
         module(*inputs).float().square().mean().backward()
     return step
+
+
+#: mallopt parameters (glibc's malloc.h) and what the bench sets them to
+_MALLOPT = {"M_TRIM_THRESHOLD": (-1, 1 << 30), "M_TOP_PAD": (-2, 64 << 20), "M_MMAP_THRESHOLD": (-3, 32 << 20)}
+
+
+def steady_allocator() -> str:
+    """Sets glibc malloc's thresholds for the whole process (see the module docstring); returns
+    what was set, for the report, or why nothing was."""
+    import ctypes
+    import ctypes.util
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        mallopt = getattr(libc, "mallopt", None)
+    except OSError:
+        mallopt = None
+    if mallopt is None:
+        return "default malloc (no glibc mallopt)"
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    failed = [k for k, (param, value) in _MALLOPT.items() if mallopt(param, value) != 1]
+    if failed:
+        return f"malloc thresholds partly set (mallopt refused {', '.join(failed)})"
+    return "glibc malloc: " + ", ".join(f"{k} {v >> 20} MiB" for k, (_, v) in _MALLOPT.items()) + " (mallopt)"
 
 
 def _median_rate(fn, flops: float) -> float:
@@ -325,7 +356,8 @@ def write_reports(rows: List[Dict[str, Any]], machine: Dict[str, Any], out: str)
              + (f"; each row the median of {runs} runs of the whole suite" if runs > 1 else "") + ")", "",
              f"Machine: {machine['cpu']}; measured in this run: bandwidth {machine['bandwidth_gbs']:.1f} GB/s, "
              f"SGEMM (2048^3) {machine['sgemm_gflops']:.1f} GFLOP/s with daceml's BLAS, "
-             f"{machine['sgemm_torch_gflops']:.1f} with PyTorch's.", "",
+             f"{machine['sgemm_torch_gflops']:.1f} with PyTorch's."
+             + (f" Allocator: {machine['allocator']}." if machine.get("allocator") else ""), "",
              "| workload | " + " | ".join(f"{c} (ms)" for c in cols) + " | x eager | x compile/ORT | x best peer | control | "
              "max err | compile daceml / torch.compile (s) | notes |",
              "|---" * (len(cols) + 8) + "|"]
@@ -388,7 +420,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--out", default="reports")
     parser.add_argument("--runs", type=int, default=1,
                         help="run the whole suite this many times; each row is the median of the runs' medians")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc malloc's mmap / trim thresholds at their defaults")
     args = parser.parse_args(argv)
+    allocator = "default malloc (--default-malloc)" if args.default_malloc else steady_allocator()
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     torch.set_num_threads(args.threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
@@ -398,6 +433,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     sgemm = _sgemm_rate()
     machine.update(sgemm_gflops=sgemm["daceml"], sgemm_torch_gflops=sgemm["torch"])
     machine["runs"] = args.runs
+    machine["allocator"] = allocator
     workloads = [w for w in _workloads() if not args.only or re.search(args.only, w.name)]
     per_run: List[List[Dict[str, Any]]] = []
     for run in range(args.runs):

@@ -32,3 +32,43 @@ def test_one_run_or_a_failed_run_is_reported_as_it_is():
     assert bench.combine_runs(w, [one]) is one
     failed = {"workload": "w", "median_ms": {"eager": float("nan"), "daceml": float("nan")}, "notes": []}
     assert bench.combine_runs(w, [failed, one]) is failed
+
+
+def test_steady_allocator_sets_glibc_thresholds_and_the_report_says_so(tmp_path):
+    """In a child process (the thresholds are process-wide): after steady_allocator(), a 16 MiB
+    block comes from the heap, not from a mapping of its own (glibc's default would map it)."""
+    import ctypes.util
+    import subprocess
+    import sys
+    if ctypes.util.find_library("c") is None:
+        pytest.skip("no libc to set thresholds in")
+    child = """
+import ctypes, ctypes.util, sys
+from daceml import bench
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(f, ctypes.c_size_t) for f in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                               "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc.mallinfo2.restype = MallInfo2
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+def mapped_by_16_mib():
+    before = libc.mallinfo2().hblkhd
+    block = libc.malloc(16 << 20)
+    grew = libc.mallinfo2().hblkhd - before
+    libc.free(block)
+    return grew
+print(mapped_by_16_mib() >= 16 << 20)
+print(bench.steady_allocator())
+print(mapped_by_16_mib())
+"""
+    out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[0] == "True", "glibc's default maps a 16 MiB block"
+    said = out[1]
+    assert said.startswith("glibc malloc: M_TRIM_THRESHOLD 1024 MiB"), said
+    assert out[2] == "0", "after steady_allocator() the block should come from the heap"
+    machine = {"threads": 2, "rounds": 1, "cpu": "x", "bandwidth_gbs": 1.0, "sgemm_gflops": 1.0,
+               "sgemm_torch_gflops": 1.0, "allocator": said}
+    row = bench._ratios(_row(10.0, 5.0, 4.0), bench.Workload("w", make=None))
+    bench.write_reports([row], machine, str(tmp_path))
+    assert f"Allocator: {said}." in (tmp_path / "bench.md").read_text()
