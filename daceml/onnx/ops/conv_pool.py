@@ -165,6 +165,14 @@ _PureBase = CheckedImplementation
 
 # --- Conv ------------------------------------------------------------------------------------------
 
+def _conv_expansion(cls, node, state, sdfg):
+    """What a (transposed) conv's expansion starts from: (window, C, M, group, nested SDFG, its
+    state, the connectors' descriptors, element C type, C / group, M / group)."""
+    win, c, m, group = cls.checked(node, state, sdfg)
+    nsdfg, nstate, descs = nested_sdfg(node, state, sdfg)
+    return win, c, m, group, nsdfg, nstate, descs, descs["X"].dtype.ctype, c // group, m // group
+
+
 def _conv_channels(node, state, sdfg, x_shape, w_shape, transposed: bool):
     group = int(node.group or 1)
     if group < 1:
@@ -271,12 +279,9 @@ class PureConv(_PureBase):
 
     @classmethod
     def expansion(cls, node, state, sdfg):
-        win, c, m, group = cls.checked(node, state, sdfg)
-        nsdfg, nstate, descs = nested_sdfg(node, state, sdfg)
+        win, c, m, group, nsdfg, nstate, descs, T, cg, mg = _conv_expansion(cls, node, state, sdfg)
         x = descs["X"]
-        T = x.dtype.ctype
         k = win.k
-        cg, mg = c // group, m // group
         lanes, mb, nv, padded, pst, plane, slack, plane_mode = cls._layout(win, c, m, group, x.dtype.bytes)
         row = win.outs[-1]
         batch = x.shape[0]
@@ -515,12 +520,9 @@ class PureConvTranspose(_PureBase):
 
     @classmethod
     def expansion(cls, node, state, sdfg):
-        win, c, m, group = cls.checked(node, state, sdfg)
-        nsdfg, nstate, descs = nested_sdfg(node, state, sdfg)
+        win, c, m, group, nsdfg, nstate, descs, T, cg, mg = _conv_expansion(cls, node, state, sdfg)
         x = descs["X"]
-        T = x.dtype.ctype
         k = win.k
-        cg, mg = c // group, m // group
         ist, kst = _products(win.ins), _products(win.kernel)
         outp = [f"__o{j}" for j in range(k)]
         ranges = {"__n": f"0:{cpp(x.shape[0])}", "__m": f"0:{m}"}
