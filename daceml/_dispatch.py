@@ -95,6 +95,8 @@ class StateReader:
         bad = [p for p in positions if p >= nkey]
         if bad:
             raise IndexError(f"daceml._dispatch.StateReader: key position {bad[0]} >= {nkey}")
+        import torch
+        self._tensor = torch.Tensor
         self._entries = list(zip(dicts, attrs, positions))
         self._no_key = [None] * nkey
 
@@ -102,11 +104,10 @@ class StateReader:
         """Appends each tensor's data pointer to ``values``; returns the key (``(data pointer,
         version)`` at each entry's position, None elsewhere), or None when an entry is missing,
         not a tensor or not contiguous."""
-        import torch
         key = self._no_key.copy()
         for d, attr, position in self._entries:
             t = d.get(attr)
-            if not isinstance(t, torch.Tensor) or not t.is_contiguous():
+            if not isinstance(t, self._tensor) or not t.is_contiguous():
                 return None
             ptr = t.data_ptr()
             values.append(ptr)

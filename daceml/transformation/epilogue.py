@@ -82,7 +82,7 @@ class FuseEpilogues(Pass):
             if "residual" in supported:
                 n += self._fuse_residual(sdfg, state, node)
             n += self._fuse_activation(sdfg, state, node, supported)
-            if "pooled_mean" in supported and getattr(impl, "pools_planes", lambda *a: False)(node, state, sdfg):
+            if "pooled_mean" in supported and impl.pools_planes(node, state, sdfg):
                 n += self._fuse_pooled_mean(sdfg, state, node)
             if n:
                 node.implementation = impl.name  # the epilogue is that implementation's

@@ -219,8 +219,8 @@ def _vector_load(T: str, lanes: int, ptr: str, stride: int, var: str) -> str:
 @op_implementation("Conv", name="pure")
 class PureConv(_PureBase):
     """Conv in two maps: the input is copied into a zero-padded buffer (so the kernel has no
-    bounds checks; unpadded stride-1 convs read it in place instead), then a map over (batch, block of output channels, output rows) where each
-    tasklet computes the row in vector-wide chunks, keeping a block of up to 8 output channels
+    bounds checks; unpadded stride-1 convs read it in place instead), then a map over (batch,
+    block of output channels, output rows) where each tasklet computes the row in vector-wide chunks, keeping a block of up to 8 output channels
     x one SIMD vector of outputs in registers over the whole reduction (channels x taps).
     Epilogues (residual, activation) are applied to each row right after it is computed."""
     epilogues = tuple(epilogue.ACTIVATIONS) + ("residual", "pooled_mean")
@@ -239,12 +239,12 @@ class PureConv(_PureBase):
             raise _Reject(f"output Y has {y.shape[1]} channels, expected {m}")
         epilogue.check_residual(node, state, sdfg, "Y")
         if POOLED_MEAN in node.out_connectors:
-            if not cls._layout(win, c, m, group, node.in_desc(state, sdfg, "X").dtype.bytes)[-1]:
+            if not cls._whole_planes(node, state, sdfg, win, c, m, group):
                 raise _Reject("the mean of each output plane is fused only into 2-D depthwise convs whose tasks "
                               f"compute whole planes (padded plane <= {cls.PLANE_BUFFER} elements)")
             p, y = node.out_desc(state, sdfg, POOLED_MEAN), node.out_desc(state, sdfg, "Y")
-            if [int(d) for d in p.shape] not in ([int(d) for d in y.shape[:2]], [int(d) for d in y.shape[:2]] + [1, 1]) \
-                    or p.dtype != y.dtype:
+            nc = [int(d) for d in y.shape[:2]]
+            if [int(d) for d in p.shape] not in (nc, nc + [1, 1]) or p.dtype != y.dtype:
                 raise _Reject(f"the fused plane means are {p.dtype}{list(p.shape)}; they must be {y.dtype}"
                               f"[{y.shape[0]}, {y.shape[1]}(, 1, 1)]")
         return win, c, m, group
@@ -256,6 +256,11 @@ class PureConv(_PureBase):
             win, c, m, group = cls.checked(node, state, sdfg)
         except Rejected:
             return False
+        return cls._whole_planes(node, state, sdfg, win, c, m, group)
+
+    @classmethod
+    def _whole_planes(cls, node, state, sdfg, win, c, m, group) -> bool:
+        """Whether each task of the kernel computes whole output planes (plane mode)."""
         return cls._layout(win, c, m, group, node.in_desc(state, sdfg, "X").dtype.bytes)[-1]
 
     @classmethod
