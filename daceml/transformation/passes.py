@@ -16,6 +16,7 @@ from daceml.transformation.conv_bn import FoldBatchNormIntoConv
 from daceml.transformation.eliminate import EliminateLayoutOps
 from daceml.transformation.epilogue import FuseEpilogues
 from daceml.transformation.hoist import HoistWeightComputations
+from daceml.transformation.horizontal import FuseSiblingGemms
 from daceml.transformation.linear import MatMulAddToGemm
 from daceml.transformation.memory import PlanMemory
 from daceml.transformation.operands import FoldTransposesIntoMatMul
@@ -325,7 +326,7 @@ PASSES = {c.__name__: c for c in (RemoveIdentities, FoldShapeInputs, RemoveDeadN
                                   FoldBatchNormIntoConv, EliminateLayoutOps, FoldPadIntoConv, RecognizeDecomposedOps,
                                   ChooseImplementations, ReshapesAsViews, ExpandLibraryNodes, InlineAndSimplify, FuseMaps,
                                   PersistentTransients, PlanMemory, HoistWeightComputations, FuseEpilogues,
-                                  FoldTransposesIntoMatMul, WinogradConvs)}
+                                  FoldTransposesIntoMatMul, WinogradConvs, FuseSiblingGemms)}
 
 
 def level_passes(level: int, device: str = "cpu") -> List[Pass]:
