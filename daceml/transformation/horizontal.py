@@ -29,7 +29,7 @@ from dace import properties
 from dace.sdfg import nodes as sdnodes
 
 from daceml.onnx.nodes import ONNXOp, node_class, variadic_connector
-from daceml.transformation.base import Pass, _onnx_nodes, add_constant, single_output
+from daceml.transformation.base import Pass, add_constant, private_transient, remove_matched, single_output
 
 
 def _source(state: dace.SDFGState, node: ONNXOp, conn: str) -> Optional[Tuple[sdnodes.AccessNode, dace.Memlet]]:
@@ -82,8 +82,8 @@ class FuseSiblingGemms(Pass):
 
     def _groups(self, sdfg: dace.SDFG, state: dace.SDFGState) -> List[List[ONNXOp]]:
         by_key: Dict[Tuple, List[ONNXOp]] = defaultdict(list)
-        for gemm, s in _onnx_nodes(sdfg, "Gemm"):
-            if s is not state:
+        for gemm in state.nodes():
+            if not isinstance(gemm, ONNXOp) or gemm.schema.name != "Gemm":
                 continue
             key = self._key(sdfg, state, gemm)
             if key is not None:
@@ -149,28 +149,14 @@ class FuseSiblingGemms(Pass):
             (oe, ) = state.out_edges(g)
             state.add_edge(split, variadic_connector("outputs", i), out, oe.dst_conn, dace.Memlet.from_memlet(oe.data))
         # the old GEMMs, the other members' private Reshapes of A, and inputs read by nothing now
-        dropped = []
-        for g in group[1:]:
-            (e, ) = state.in_edges_by_connector(g, "A")
-            if state.out_degree(e.src) == 1 and state.in_degree(e.src) == 1 and sdfg.arrays[e.src.data].transient:
-                dropped.append(e.src)
-        sources = [e.src for g in group for e in state.in_edges(g)]
-        for g in group:
-            state.remove_node(g)
-        for access in dropped:
-            reshape = state.in_edges(access)[0].src
-            sources += [e.src for e in state.in_edges(reshape)]
-            state.remove_node(reshape)
-            state.remove_node(access)
-            if not any(n.data == access.data for n in state.data_nodes()):
-                sdfg.remove_data(access.data, validate=False)
-        for src in sources:
-            if src in state.nodes() and state.degree(src) == 0:
-                state.remove_node(src)
+        reshaped = [e.src for g in group[1:] for e in state.in_edges_by_connector(g, "A")
+                    if state.out_degree(e.src) == 1 and private_transient(sdfg, state, e.src)]
+        remove_matched(state, group + [state.in_edges(a)[0].src for a in reshaped], reshaped)
 
     @staticmethod
     def _concat(sdfg, state, group, conn: str, axis: int, gemm, label: str, dtype) -> None:
-        parts = [_source(state, g, conn) for g in group]
+        # the sources _key accepted (whole arrays, read-only)
+        parts = [(e.src, e.data) for g in group for e in state.in_edges_by_connector(g, conn)]
         descs = [sdfg.arrays[a.data] for a, _ in parts]
         shape = list(descs[0].shape)
         shape[axis] = sum(d.shape[axis] for d in descs)

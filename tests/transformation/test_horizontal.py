@@ -8,7 +8,6 @@ from onnx import helper
 from torch import nn
 
 from daceml.onnx import ONNXModel
-from daceml.onnx.nodes import ONNXOp
 from daceml.targets.cpu import OpenBLAS
 from daceml.testing.onnx_compare import make_model, run_onnxruntime
 from daceml.testing.torch_compare import assert_gradients_match
@@ -25,10 +24,6 @@ def _with_fusion(levels):
     first = list(levels[0])
     at = next(i for i, p in enumerate(first) if isinstance(p, MatMulAddToGemm)) + 1
     return [first[:at] + [FuseSiblingGemms()] + first[at:]] + [list(lv) for lv in levels[1:]]
-
-
-def _ops(sdfg, name):
-    return [n for n, _ in sdfg.all_nodes_recursive() if isinstance(n, ONNXOp) and n.schema.name == name]
 
 
 def test_sibling_gemms_fuse_and_match_onnxruntime():
