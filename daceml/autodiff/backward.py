@@ -197,7 +197,7 @@ class _BackwardPass:
         # forward: values that depend on an input through floating-point values
         depends: Set[str] = set(self.inputs)
         for op in ops:
-            ins = self.op_inputs(op)
+            ins = self.value_inputs(op)
             if not any(a in depends for _, a in ins):
                 continue
             for conn, a in self.op_outputs(op):
@@ -210,10 +210,10 @@ class _BackwardPass:
         needed: Set[str] = set(self.outputs)
         for op in reversed(ops):
             if any(a in needed for _, a in self.op_outputs(op)):
-                needed.update(a for _, a in self.op_inputs(op) if is_float(arrays[a]))
+                needed.update(a for _, a in self.value_inputs(op) if is_float(arrays[a]))
         self.active: Set[str] = depends & needed
         self.active_ops = [op for op in ops
-                           if any(a in self.active for _, a in self.op_inputs(op))
+                           if any(a in self.active for _, a in self.value_inputs(op))
                            and any(a in self.active for _, a in self.op_outputs(op))]
         half = sorted(a for a in self.active if arrays[a].dtype == dace.float16)
         if half:
@@ -259,6 +259,13 @@ class _BackwardPass:
         if isinstance(op, _Copy):
             return [("input", op.src)]
         return [(e.dst_conn, e.data.data) for e in self.fstate.in_edges(op)]
+
+    def value_inputs(self, op) -> List[Tuple[str, str]]:
+        """The inputs whose values reach ``op``'s outputs (not those only read for their type or
+        shape, see :data:`daceml.autodiff.registry.VALUE_FREE_INPUTS`)."""
+        from daceml.autodiff.registry import VALUE_FREE_INPUTS
+        free = () if isinstance(op, _Copy) else VALUE_FREE_INPUTS.get(op.schema.name, ())
+        return [(conn, a) for conn, a in self.op_inputs(op) if conn not in free]
 
     def op_outputs(self, op) -> List[Tuple[str, str]]:
         if isinstance(op, _Copy):
@@ -339,7 +346,7 @@ class _BackwardPass:
         # contributions expected per active value (an upper bound: a rule may produce none)
         self.expected: Dict[str, int] = {}
         for op in self.active_ops:
-            for _, a in self.op_inputs(op):
+            for _, a in self.value_inputs(op):
                 if a in self.active:
                     self.expected[a] = self.expected.get(a, 0) + 1
         for o in self.outputs:
@@ -352,7 +359,7 @@ class _BackwardPass:
             if all(g is None for g in out_grads.values()):
                 log.debug("autodiff: no gradient reaches %s", self.describe(op))
                 continue
-            grad_inputs = [conn for conn, a in self.op_inputs(op) if a in self.active]
+            grad_inputs = [conn for conn, a in self.value_inputs(op) if a in self.active]
             if isinstance(op, _Copy):
                 self.contributions.setdefault(op.src, []).append(out_grads["output"])
                 differentiated.append(op.label)

@@ -57,6 +57,13 @@ class GradientRule:
         raise NotImplementedError("a GradientRule subclass must define backward()")
 
 
+#: inputs of ONNX ops whose values never reach the outputs (only their type or shape is read): no
+#: gradient flows through them, so they do not make the outputs depend on anything
+VALUE_FREE_INPUTS: Dict[str, Tuple[str, ...]] = {
+    "CastLike": ("target_type", ),
+    "EyeLike": ("input", ),
+}
+
 _RULES: Dict[str, Dict[str, Type[GradientRule]]] = {}
 _loaded = False
 

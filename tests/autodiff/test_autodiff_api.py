@@ -112,3 +112,47 @@ def test_separate_backward_sdfg_arguments():
     # with recompute, neither is stored: both are recomputed from h... which is not stored, so they stay
     result2 = add_backward_pass(copy.deepcopy(m.sdfg), ["w"], ["y"], recompute=True)
     assert set(result2.stored) == {"t", "s"}
+
+
+def _written_never_read(sdfg) -> list:
+    """Transients of ``sdfg`` (nested SDFGs included) that some node writes and no node reads: DaCe's
+    dead-dataflow elimination removes such an output from its C++ tasklet, whose store then goes
+    through an unset pointer (a crash on the GPU)."""
+    written, read = set(), set()
+    for node, parent in sdfg.all_nodes_recursive():
+        if type(node).__name__ == "AccessNode" and parent.sdfg.arrays[node.data].transient:
+            key = (parent.sdfg.cfg_id, node.data)
+            if parent.in_degree(node):
+                written.add(key)
+            if parent.out_degree(node):
+                read.add(key)
+    return sorted(name for _, name in written - read)
+
+
+def test_value_free_input_gets_no_gradient():
+    """CastLike reads only the type of target_type: the constant fill value of a masked fill (how
+    torch exports masked_fill) does not depend on x, so nothing is differentiated for it."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 4)).astype(np.float32)
+    m = model_of([helper.make_node("CastLike", ["fill", "x"], ["f"], name="fill_like"),
+                  helper.make_node("Where", ["mask", "f", "x"], ["y"], name="masked_fill")],
+                 {"x": x}, ["y"], {"fill": np.array(-1e9, np.float32), "mask": rng.random((3, 4)) > 0.5})
+    sdfg = copy.deepcopy(m.sdfg)
+    result = add_backward_pass(sdfg, ["x"], ["y"], separate=False)
+    assert result.differentiated == ["masked_fill"]
+    assert _written_never_read(sdfg) == []
+
+
+@pytest.mark.parametrize("name", ["mlp", "gpt2_block"])
+def test_zoo_backward_writes_nothing_it_does_not_read(name):
+    """Gradients of the input only (the weights' are not asked for): LayerNormalization's row
+    statistics, kept for its parameters' gradients, and masked_fill's fill value must not be left
+    as dead outputs (compiling such a program for CUDA failed, or it crashed on the GPU)."""
+    from daceml.testing import zoo
+    from daceml.torch.module import _export
+    module, inputs = zoo.make(name)
+    model = ONNXModel(_export(module.eval(), inputs, False, 20), name=f"{name}_dead_outputs")
+    sdfg = copy.deepcopy(model.sdfg)
+    add_backward_pass(sdfg, [model._array(model.inputs[0])], [model.output_array(model.outputs[0])],
+                      separate=False)
+    assert _written_never_read(sdfg) == []

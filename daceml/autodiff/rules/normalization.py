@@ -111,7 +111,6 @@ class LayerNormalizationGradient(GradientRule):
         eps = repr(float(node.epsilon if node.epsilon is not None else 1e-5))
         T = x.dtype.ctype
         g, xv, s = ctx.output_grad("Y"), ctx.value("X"), ctx.value("Scale")
-        stats = ctx.temp([rows, 2], dace.float64, "stats")
         row_stats = f"""const long long __n = {cpp(n)};
 const {T}* __xr = __x + __r * __n;
 double __mean = 0;
@@ -125,8 +124,13 @@ __var /= (double)__n;
 const double __inv = 1.0 / std::sqrt(__var + {eps});
 """
         need_params = ctx.needs_grad("Scale") or ctx.needs_grad("B")
-        outputs = {"__st": stats}
-        code = row_stats + "__st[2 * __r] = __mean; __st[2 * __r + 1] = __inv;\n"
+        # the row statistics are stored only for the parameter gradients: an output nothing reads
+        # would be removed as dead dataflow, leaving the tasklet's store through an unset pointer
+        outputs, code = {}, row_stats
+        if need_params:
+            stats = ctx.temp([rows, 2], dace.float64, "stats")
+            outputs["__st"] = stats
+            code += "__st[2 * __r] = __mean; __st[2 * __r + 1] = __inv;\n"
         if ctx.needs_grad("X"):
             outputs["__dx"] = ctx.input_grad("X")
             code += f"""const {T}* __gr = __g + __r * __n;
