@@ -58,6 +58,8 @@ print("python", sys.version.split()[0], "numpy", numpy.__version__, "torch", tor
       "networkx", networkx.__version__, "sympy", sympy.__version__)
 print("daceml from", daceml.__file__, "dispatch:", _dispatch.implementation_name())
 print("GPUs (driver):", cuda.gpu_count(), "arch:", cuda.device_arch(), "torch.cuda:", torch.cuda.is_available())
+from daceml.targets import cublas
+print("cuBLAS (include, library):", cublas.cublas_paths() if cublas.CuBLAS.is_installed() else "not found")
 EOF
 } >"$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"

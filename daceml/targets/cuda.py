@@ -50,7 +50,7 @@ import re
 import shutil
 import warnings
 from functools import lru_cache
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional, Sequence
 
 import dace
 from dace import subsets
@@ -148,30 +148,72 @@ def cuda_settings(cuda_arch: Optional[str] = None) -> Iterator[str]:
 
 #: name of the device implementations in the op registry
 CUDA_IMPLEMENTATION = "cuda"
+#: the GEMMs through cuBLAS (:mod:`daceml.onnx.ops.gpu_blas`), preferred where they apply
+CUBLAS_IMPLEMENTATION = "cublas"
+#: device implementations in order of preference
+DEVICE_IMPLEMENTATIONS = (CUBLAS_IMPLEMENTATION, CUDA_IMPLEMENTATION)
 
 
-def choose_cuda_implementations(sdfg: dace.SDFG) -> Dict[str, int]:
-    """Sets the implementation of every ONNX node (nested SDFGs included) whose op has a
-    ``cuda`` implementation that applies to it; returns how many nodes per op. Nodes where
-    it does not apply keep the registry's usual order (logged at debug level with the reason)."""
+def _outside_kernels(node, state: dace.SDFGState) -> bool:
+    """Whether ``node`` is in no map scope, in its own SDFG nor in any SDFG around it."""
+    while True:
+        if state.entry_node(node) is not None:
+            return False
+        parent = state.sdfg.parent_nsdfg_node
+        if parent is None:
+            return True
+        node, state = parent, state.sdfg.parent
+
+
+def choose_cuda_implementations(sdfg: dace.SDFG, preference: Sequence[str] = DEVICE_IMPLEMENTATIONS
+                                ) -> Dict[str, int]:
+    """Sets the implementation of every ONNX node (nested SDFGs included) whose op has a device
+    implementation that applies to it, the first of ``preference`` that does: by default
+    ``cublas`` (host calls, so only for nodes outside maps), else ``cuda``. Returns how many
+    nodes per op. Nodes where none applies keep the registry's usual order (logged at debug
+    level with the reasons)."""
     from daceml.onnx.nodes import ONNXOp
     from daceml.onnx.ops import registry
     chosen: Dict[str, int] = {}
     for node, state in list(sdfg.all_nodes_recursive()):
-        if not isinstance(node, ONNXOp):
+        if not isinstance(node, ONNXOp) or node.implementation in DEVICE_IMPLEMENTATIONS:
             continue
         op = node.schema.name
-        impl = registry.implementations(op).get(CUDA_IMPLEMENTATION)
-        if impl is None:
-            continue
-        reason = registry._reason(impl, node, state, state.sdfg)
-        if reason is None:
-            node.implementation = CUDA_IMPLEMENTATION
-            chosen[op] = chosen.get(op, 0) + 1
+        impls = registry.implementations(op)
+        reasons = []
+        for name in preference:
+            if name not in impls:
+                continue
+            if name == CUBLAS_IMPLEMENTATION and not _outside_kernels(node, state):
+                reasons.append(f"{name}: the node is inside a map")
+                continue
+            reason = registry._reason(impls[name], node, state, state.sdfg)
+            if reason is None:
+                node.implementation = name
+                chosen[op] = chosen.get(op, 0) + 1
+                break
+            reasons.append(f"{name}: {reason}")
         else:
-            log.debug("%s: the cuda implementation does not apply (%s); using the registry's order",
-                      node.describe(), reason)
+            if reasons:
+                log.debug("%s: no device implementation applies (%s); using the registry's order", node.describe(),
+                          "; ".join(reasons))
     return chosen
+
+
+def _expand_library_nodes(sdfg: dace.SDFG, deferred: bool) -> int:
+    """Expands the library nodes of ``sdfg`` (nested ones included, until none is left), except
+    the ``cublas`` ones unless ``deferred``, in which case only those. Returns how many nodes
+    were expanded."""
+    expanded = 0
+    while True:
+        pending = [(node, state) for node, state in sdfg.all_nodes_recursive()
+                   if isinstance(node, sdnodes.LibraryNode)
+                   and (node.implementation == CUBLAS_IMPLEMENTATION) == deferred]
+        if not pending:
+            return expanded
+        for node, state in pending:
+            node.expand(state.sdfg, state)
+            expanded += 1
 
 
 #: helper blocks (``daceml.onnx.ops.common.add_helper_code``) of the CPU file's global code
@@ -268,8 +310,8 @@ def to_gpu(sdfg: dace.SDFG) -> dace.SDFG:
     gpu = copy.deepcopy(sdfg)
     gpu.name = sdfg.name + "_cuda"
     chosen = choose_cuda_implementations(gpu)
-    log.info("cuda implementations: %s", ", ".join(f"{op} x{n}" for op, n in sorted(chosen.items())) or "none")
-    gpu.expand_library_nodes(recursive=True)
+    log.info("device implementations: %s", ", ".join(f"{op} x{n}" for op, n in sorted(chosen.items())) or "none")
+    _expand_library_nodes(gpu, deferred=False)  # the cublas nodes stay library nodes for now
     host_only = host_only_code(gpu)
     if host_only:
         raise HostCodeOnDeviceError(
@@ -282,6 +324,9 @@ def to_gpu(sdfg: dace.SDFG) -> dace.SDFG:
         if not desc.transient and isinstance(desc, dace.data.Array):
             desc.storage = dace.StorageType.GPU_Global
     gpu.apply_gpu_transformations()
+    # cuBLAS calls are host tasklets: expanded now, the GPU transformation does not wrap them
+    # into one-thread kernels
+    _expand_library_nodes(gpu, deferred=True)
     for desc in gpu.arrays.values():
         if not desc.transient:
             desc.storage = dace.StorageType.GPU_Global
@@ -320,14 +365,19 @@ def host_only_code(sdfg: dace.SDFG) -> List[str]:
 
 
 def host_tasklets_on_device_data(sdfg: dace.SDFG) -> List[str]:
-    """Labels of the tasklets outside GPU kernels that access GPU global memory."""
+    """Labels of the tasklets outside GPU kernels that access GPU global memory (other than
+    the calls of a device library, cuBLAS, that take device pointers)."""
     from dace.sdfg.scope import is_devicelevel_gpu
+    from daceml.targets.cublas import CuBLAS
     gpu_storage = (dace.StorageType.GPU_Global, dace.StorageType.GPU_Shared)
+    device_library = CuBLAS.full_class_path()
     bad = []
     for sd in sdfg.all_sdfgs_recursive():
         for state in sd.states():
             for node in state.nodes():
                 if not isinstance(node, sdnodes.Tasklet) or is_devicelevel_gpu(sd, state, node):
+                    continue
+                if device_library in node.environments:
                     continue
                 for edge in list(state.in_edges(node)) + list(state.out_edges(node)):
                     if edge.data.data is not None and sd.arrays[edge.data.data].storage in gpu_storage:

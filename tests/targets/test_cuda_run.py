@@ -15,6 +15,7 @@ import dace
 
 from daceml.onnx import ONNXModel
 from daceml.targets import cuda
+from daceml.targets.cublas import CuBLAS
 from daceml.testing import zoo
 from daceml.torch.module import _export
 
@@ -115,6 +116,8 @@ def test_dace_module_on_cuda_matches_eager(name):
     torch.testing.assert_close(got, expected, **TOL)
     torch.testing.assert_close(again, expected, **TOL)
     assert cuda.host_device_copies(dm._last.device_sdfg) == []
+    if CuBLAS.is_installed() and name in ("mlp", "bert_layer", "gpt2_block"):  # their products went to cuBLAS
+        assert [n for n, _ in dm._last.device_sdfg.all_nodes_recursive() if n.label.endswith("_cublas")]
 
 
 def test_dace_module_on_cuda_reads_live_weights_and_copies_nothing():

@@ -62,6 +62,7 @@ OP_MODULES = (
     "daceml.onnx.ops.cast",
     "daceml.onnx.ops.misc",
     "daceml.onnx.ops.gpu",
+    "daceml.onnx.ops.gpu_blas",
     "daceml.onnx.ops.onnxruntime_fallback",
 )
 
@@ -148,7 +149,7 @@ class Fallback:
 
 _REGISTRY: Dict[str, Dict[str, Type[Implementation]]] = {}
 #: implementation names for other devices, never chosen implicitly for the CPU
-DEVICE_IMPLEMENTATIONS = frozenset({"cuda"})
+DEVICE_IMPLEMENTATIONS = frozenset({"cuda", "cublas"})
 _PREFERENCES: Dict[str, List[str]] = {}
 #: every fallback taken in this process, in order
 FALLBACKS: List[Fallback] = []
