@@ -200,15 +200,19 @@ class Build:
 
 
 def compile_sdfg(sdfg: dace.SDFG, validate: bool = True, extra_key: Optional[Dict[str, Any]] = None,
-                 load: bool = True) -> Union["CompiledProgram", Build]:
+                 load: bool = True, key_source: Optional[dace.SDFG] = None) -> Union["CompiledProgram", Build]:
     """Compiles ``sdfg`` (or finds its cached build) and returns a callable program, or only
     the :class:`Build` if ``load`` is False (e.g. a GPU program on a machine without a GPU).
+
+    ``key_source``: the program ``sdfg`` was lowered from, whose content then names the build
+    instead of ``sdfg``'s (``extra_key`` must then say how it was lowered): for lowerings whose
+    output differs from process to process in names and node order but not in meaning.
 
     The SDFG given is not modified: code generation works on a copy.
     """
     import copy
     cache_dir = config.settings.cache_dir
-    key = build_key(sdfg, extra_key)
+    key = build_key(sdfg if key_source is None else key_source, extra_key)
     folder = os.path.join(cache_dir, key)
     start = time.perf_counter()
     built = False

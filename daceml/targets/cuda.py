@@ -395,17 +395,30 @@ def check_device_code(sdfg: dace.SDFG) -> None:
             f"implementations are host-only and have no 'cuda' implementation that applies): {'; '.join(bad)}")
 
 
-def compile_for_cuda(sdfg: dace.SDFG, cuda_arch: Optional[str] = None, already_on_gpu: bool = False):
+def compile_for_cuda(sdfg: dace.SDFG, cuda_arch: Optional[str] = None, already_on_gpu: bool = False,
+                     source: Optional[dace.SDFG] = None, lowering: str = "to_gpu"):
     """Compiles ``sdfg`` for CUDA (cached by content). Returns the CompiledProgram on a machine
     with a GPU; without one, only the :class:`daceml.compiler.Build` (nothing is loaded: see
-    :func:`require_gpu`)."""
+    :func:`require_gpu`).
+
+    The build is named by the program before the GPU lowering: ``sdfg`` itself unless
+    ``already_on_gpu``, else ``source`` if given (what ``lowering``, e.g. ``"device_program"``,
+    made ``sdfg`` from). With cuBLAS calls in the program, DaCe's simplification inside the GPU
+    transformation names arrays and orders nodes differently in each process (its choices
+    follow set order), so the lowered program's own content would miss the cache in every
+    new process."""
     from daceml import compiler
+    from daceml.targets.cublas import cublas_paths
     if nvcc_path() is None:
         raise RuntimeError("compiling for CUDA needs nvcc on PATH (or CUDA_HOME)")
+    if not already_on_gpu:
+        source = sdfg
     gpu = sdfg if already_on_gpu else to_gpu(sdfg)
     with cuda_settings(cuda_arch) as a:
-        program = compiler.compile_sdfg(gpu, extra_key={"target": "cuda", "arch": a},
-                                        load=gpu_count() > 0)
+        extra = {"target": "cuda", "arch": a}
+        if source is not None:
+            extra.update(lowering=lowering, program=gpu.name, cublas=list(cublas_paths()))
+        program = compiler.compile_sdfg(gpu, extra_key=extra, load=gpu_count() > 0, key_source=source)
     return program
 
 

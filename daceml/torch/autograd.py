@@ -115,7 +115,8 @@ class TrainingProgram:
     def _compile(self, sdfg: dace.SDFG):
         if self.device == "cuda":
             from daceml.targets import cuda
-            return cuda.compile_for_cuda(self._device_sdfgs[sdfg.name], already_on_gpu=True)
+            return cuda.compile_for_cuda(self._device_sdfgs[sdfg.name], already_on_gpu=True, source=sdfg,
+                                         lowering="device_program")
         return compile_sdfg(sdfg)
 
     @property

@@ -278,7 +278,8 @@ class DaceModule(nn.Module):
                 return build.program
             from daceml.targets import cuda
             build.device_sdfg = cuda.device_program(build.model.sdfg)
-            build.program = program = cuda.compile_for_cuda(build.device_sdfg, already_on_gpu=True)
+            build.program = program = cuda.compile_for_cuda(build.device_sdfg, already_on_gpu=True,
+                                                            source=build.model.sdfg, lowering="device_program")
         else:
             if build.model.compiled is not None:
                 return build.model.compiled

@@ -143,3 +143,42 @@ def test_to_gpu_calls_cublas_from_the_host_on_the_program_streams(cublas_present
     code = "\n".join(obj.clean_code for obj in gpu.generate_code() if obj.language == "cpp")
     assert "#include \"daceml_cublas.h\"" in code
     assert code.count("cudaStream_t __dace_current_stream = __state->gpu_context->streams[") >= len(calls)
+
+
+_KEY_SCRIPT = r"""
+from daceml import compiler
+from daceml.onnx import ONNXModel
+from daceml.targets import cublas, cuda
+from daceml.testing import zoo
+from daceml.torch.module import _export
+cublas.cublas_paths = lambda: ("/nonexistent/include", "/nonexistent/lib/libcublas.so")
+cuda.nvcc_path = lambda: "nvcc"
+keys = []
+def capture(gpu, validate=True, extra_key=None, load=True, key_source=None):
+    keys.append(compiler.build_key(gpu if key_source is None else key_source, extra_key))
+compiler.compile_sdfg = capture
+module, inputs = zoo.make("bert_layer")
+model = ONNXModel(_export(module.eval(), inputs, False, 20), name="bert_keys")
+cuda.compile_for_cuda(model.sdfg)
+cuda.compile_for_cuda(cuda.device_program(model.sdfg), already_on_gpu=True, source=model.sdfg,
+                      lowering="device_program")
+print("KEYS", *keys)
+"""
+
+
+def test_cuda_build_key_is_the_same_in_every_process():
+    """With cuBLAS calls, DaCe's simplification names and orders the lowered program differently
+    in each process (set order, PYTHONHASHSEED); the build is named by the program before the
+    lowering, so a new process finds the build of an earlier one."""
+    import os
+    import subprocess
+    import sys
+    outputs = []
+    for seed in ("1", "2"):
+        env = dict(os.environ, PYTHONHASHSEED=seed)
+        done = subprocess.run([sys.executable, "-c", _KEY_SCRIPT], env=env, capture_output=True, text=True,
+                              timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        outputs.append([line for line in done.stdout.splitlines() if line.startswith("KEYS")][0].split()[1:])
+    assert outputs[0] == outputs[1]
+    assert len(set(outputs[0])) == 2  # to_gpu and device_program builds are told apart
