@@ -28,6 +28,7 @@ from typing import Sequence
 import dace
 
 from daceml.onnx.ops.common import cpp, is_one, pointer_connectors, row_major
+from daceml.onnx.ops.gpu import _prod, _same
 from daceml.onnx.ops.registry import CheckedImplementation, Rejected, op_implementation
 from daceml.targets.cublas import CuBLAS
 
@@ -54,20 +55,6 @@ class GemmPlan:
     stride_b: object = 0
     stride_c: object = 0
     batch: object = 1
-
-
-def _prod(sizes: Sequence):
-    total = 1
-    for s in sizes:
-        total = total * s
-    return total
-
-
-def _same(a, b) -> bool:
-    try:
-        return bool(dace.symbolic.simplify(a - b) == 0)
-    except TypeError:
-        return a == b
 
 
 def _contiguous(name: str, desc) -> None:
