@@ -20,7 +20,11 @@ Before the GPU transformation, :func:`to_gpu` makes the program device code:
 - every ONNX node whose op has a ``cuda`` implementation (:mod:`daceml.onnx.ops.gpu`)
   that applies is expanded with it (the CPU kernels of MatMul, Conv, Softmax, ... are
   host-only C++); other nodes use the registry's usual order (their ``pure``
-  implementations: elementwise maps, shape ops);
+  implementations: elementwise maps, shape ops). MatMul and Gemm nodes outside maps take
+  the ``cublas`` implementation (:mod:`daceml.onnx.ops.gpu_blas`) instead where cuBLAS is
+  found (:mod:`daceml.targets.cublas`): host tasklets calling cuBLAS on the program's stream,
+  expanded only after the GPU transformation (which would wrap a free tasklet into a
+  one-thread kernel);
 - helper functions the ``pure`` expansions put into the CPU file's global code
   (float16 conversions, ``daceml_convert``, the elementwise ``daceml_max``/``daceml_min``/
   ``daceml_mod``) are also emitted into the CUDA file, marked ``__host__ __device__``;
