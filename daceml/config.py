@@ -18,6 +18,8 @@ Importing this module also sets DaCe's configuration to safe values:
 """
 import contextlib
 import dataclasses
+import functools
+import hashlib
 import logging
 import os
 from typing import Any, Dict, Iterator, List, get_type_hints
@@ -121,10 +123,27 @@ def patch(**changes: Any) -> Iterator[Settings]:
         apply_dace_settings()
 
 
+@functools.lru_cache(maxsize=1)
+def native_isa() -> str:
+    """What ``-march=native`` compiles for here: the instruction-set flags of this machine's CPU
+    (sorted, from /proc/cpuinfo), so that a build cache shared between machines (or a virtual
+    machine moved to another host) never loads code for instructions this CPU lacks."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return " ".join(sorted(frozenset(line.split(":", 1)[1].split())))
+    except OSError:
+        pass
+    import platform
+    return f"{platform.machine()} {platform.processor()}"
+
+
 def snapshot() -> Dict[str, Any]:
     """The settings that change generated code, for build-cache keys."""
     import dace
     return {
+        "native_isa": hashlib.sha256(native_isa().encode()).hexdigest()[:16],
         "cpu_compiler_args": settings.cpu_compiler_args,
         "dace_version": dace.__version__,
         "linker_args": dace.Config.get("compiler", "linker", "args"),

@@ -113,3 +113,15 @@ def test_compiler_error_is_summarised(private_cache):
     assert "broken_program" in msg and "this_is_not_declared" in msg and "full compiler output" in msg
     assert len(msg) < 3000
     assert entries(private_cache) == []
+
+
+def test_build_key_names_the_cpu_instruction_set(monkeypatch):
+    """-march=native code built on one CPU must not be loaded on another without its instructions
+    (a shared cache, or a virtual machine moved to another host)."""
+    import dace
+    from daceml import config
+    sdfg = dace.SDFG("isa_key")
+    sdfg.add_state()
+    here = compiler.build_key(sdfg)
+    monkeypatch.setattr(config, "native_isa", lambda: "fpu sse sse2")
+    assert compiler.build_key(sdfg) != here

@@ -210,7 +210,9 @@ static inline void rec_block(const T* const* h, int64_t hs, const T* __restrict_
         V w[NG];
         for (int g = 0; g < NG; ++g) {
             std::memcpy(&w[g], rp + k * ld + g * L, sizeof(V));
+#if defined(__AVX512F__)  /* a 64-byte vector fits one register only with AVX-512 */
             __asm__("" : "+v"(w[g]));  /* keep w in a register: GCC would reload it for every row */
+#endif
         }
         for (int r = 0; r < RB; ++r) {
             const T hk = h[r][k * hs];
