@@ -204,20 +204,17 @@ def choose_cuda_implementations(sdfg: dace.SDFG, preference: Sequence[str] = DEV
     return chosen
 
 
-def _expand_library_nodes(sdfg: dace.SDFG, deferred: bool) -> int:
+def _expand_library_nodes(sdfg: dace.SDFG, deferred: bool) -> None:
     """Expands the library nodes of ``sdfg`` (nested ones included, until none is left), except
-    the ``cublas`` ones unless ``deferred``, in which case only those. Returns how many nodes
-    were expanded."""
-    expanded = 0
+    the ``cublas`` ones unless ``deferred``, in which case only those."""
     while True:
         pending = [(node, state) for node, state in sdfg.all_nodes_recursive()
                    if isinstance(node, sdnodes.LibraryNode)
                    and (node.implementation == CUBLAS_IMPLEMENTATION) == deferred]
         if not pending:
-            return expanded
+            return
         for node, state in pending:
             node.expand(state.sdfg, state)
-            expanded += 1
 
 
 #: helper blocks (``daceml.onnx.ops.common.add_helper_code``) of the CPU file's global code

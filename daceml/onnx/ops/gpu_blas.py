@@ -20,7 +20,7 @@ What applies (else the ``cuda`` kernel computes the node):
 The products are row-major: :func:`matmul_plan` / :func:`gemm_plan` give the sizes, leading
 dimensions and batch strides of ``C_b = alpha op(A_b) op(B_b) + beta C_b`` for b < batch,
 which the header passes to column-major cuBLAS transposed. The plans are checked against
-numpy on machines without a GPU (tests/targets/test_cuda_compile.py).
+numpy on machines without a GPU (tests/targets/test_cublas.py).
 """
 import dataclasses
 from typing import Sequence
@@ -31,9 +31,7 @@ from daceml.onnx.ops.common import cpp, is_one, pointer_connectors, row_major
 from daceml.onnx.ops.gpu import _prod, _same
 from daceml.onnx.ops.registry import CheckedImplementation, Rejected, op_implementation
 from daceml.targets.cublas import CuBLAS
-
-#: implementation name in the op registry
-CUBLAS_IMPLEMENTATION = "cublas"
+from daceml.targets.cuda import CUBLAS_IMPLEMENTATION
 
 _TYPES = {dace.float32: "float", dace.float64: "double"}
 
