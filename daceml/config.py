@@ -27,8 +27,11 @@ from typing import Any, Dict, Iterator, List, get_type_hints
 log = logging.getLogger(__name__)
 
 #: C++ flags daceml compiles with (DaCe's default minus -ffast-math, plus -fno-math-errno: math
-#: functions without side effects vectorize; see daceml/targets/cpu_support/vecmath.h).
-CPU_COMPILER_ARGS = ("-std=c++14 -fPIC -Wall -Wextra -O3 -march=native -fno-math-errno "
+#: functions without side effects vectorize; see daceml/targets/cpu_support/vecmath.h; plus
+#: -fno-trapping-math, Clang's default: no program reads the floating-point exception flags, and
+#: without it GCC's if-conversion keeps a branch for a clamp or select followed by arithmetic on
+#: CPUs without AVX-512 masks, which leaves such a loop (daceml_expf's, a fused SiLU's) scalar).
+CPU_COMPILER_ARGS = ("-std=c++14 -fPIC -Wall -Wextra -O3 -march=native -fno-math-errno -fno-trapping-math "
                      "-Wno-unused-parameter -Wno-unused-label -Wno-unused-variable "
                      "-Wno-unused-but-set-variable")
 
