@@ -39,12 +39,20 @@ namespace daceml_linalg {
 /* Y[m0:m1, n0:n1] = alpha * (A - azp)[m0:m1, :] @ (B - bzp)[:, n0:n1] + beta * C[m0:m1, n0:n1].
    Every operand is strided (a stride of 0 broadcasts); C, azp and bzp may be null.
    B is packed per block of KB rows into a panel of NB columns; an MR x NB block of the
-   output is accumulated in vector registers (GCC vector extensions, 64 bytes). */
+   output is accumulated in vector registers (GCC vector extensions as wide as the target's
+   registers: 8 x 2 vectors of 64 bytes in AVX-512's 32 registers, 6 x 2 of 32 bytes in AVX2's
+   16; 64-byte vectors on AVX2 left 16 accumulators and their operands in 16 registers, and the
+   kernel ran at 3-4 GFLOP/s instead of 90-140). */
+#if defined(__AVX512F__)
+constexpr int kVectorBytes = 64, kTileRows = 8;
+#else
+constexpr int kVectorBytes = 32, kTileRows = 6;
+#endif
 template <typename Acc>
 struct Vec {
-    typedef Acc type __attribute__((vector_size(64)));
-    typedef Acc unaligned __attribute__((vector_size(64), aligned(alignof(Acc)), may_alias));
-    static constexpr int L = 64 / sizeof(Acc);
+    typedef Acc type __attribute__((vector_size(kVectorBytes)));
+    typedef Acc unaligned __attribute__((vector_size(kVectorBytes), aligned(alignof(Acc)), may_alias));
+    static constexpr int L = kVectorBytes / sizeof(Acc);
 };
 template <typename Acc> static inline typename Vec<Acc>::type loadu(const Acc* p) {
     return *reinterpret_cast<const typename Vec<Acc>::unaligned*>(p);
@@ -87,7 +95,7 @@ static void gemm_tile(int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t K,
                       Acc alpha, const TC* __restrict__ C, int64_t scm, int64_t scn, Acc beta,
                       const TA* __restrict__ azp, int64_t sazm, const TB* __restrict__ bzp, int64_t sbzn) {
     typedef typename Vec<Acc>::type V;
-    constexpr int L = Vec<Acc>::L, NV = 2, NB = NV * L, MR = 8, KB = 256;
+    constexpr int L = Vec<Acc>::L, NV = 2, NB = NV * L, MR = kTileRows, KB = 256;
     if (m1 - m0 <= 4 && sak == 1 && sbk == 1 && azp == nullptr && bzp == nullptr) {
         const Acc* a0 = Same<TA, Acc>::cast(A);
         const Acc* b0 = Same<TB, Acc>::cast(B);
