@@ -21,13 +21,13 @@ of length 0 gives zeros (as onnxruntime). Sizes may be symbolic.
 Each node expands to one C++ tasklet (no map, so that its own OpenMP region is
 the outermost one) that
 
-1. packs W, R and the biases per block of L hidden units (L = one 64-byte
-   vector: 16 floats or 8 doubles), k-major, all gates of a unit block side by side;
+1. packs W, R and the biases per block of L hidden units (L = one vector register:
+   16 floats or 8 doubles with AVX-512, half that with AVX2), k-major, all gates of a unit block side by side;
 2. projects the whole input at once, in the gates' GEMM form ``X W^T`` for
    every time step and direction (parallel over unit blocks and groups of rows);
 3. runs the time loop sequentially. A step adds ``H_{t-1} R^T`` for a group of
-   up to 4 batch rows and one unit block (a register-blocked micro-kernel:
-   4 rows x G gate vectors of accumulators) and applies the gate equations on
+   up to 4 batch rows (2 with AVX2) and one unit block (a register-blocked micro-kernel:
+   rows x G gate vectors of accumulators) and applies the gate equations on
    vectors of L units (Sigmoid and Tanh in float with a vectorized exp; other
    activations lane by lane). If there are at least as many (direction, row
    group) pairs as threads, each thread runs its own rows through all steps
@@ -85,10 +85,18 @@ RNN_HELPERS = r"""
 #include <omp.h>
 #endif
 namespace daceml_rnn {
-/* L lanes of T in one 64-byte vector (GCC vector extensions) */
+/* L lanes of T in one vector as wide as the target's registers (GCC vector extensions), and the
+   batch rows a work item of a step computes: 4 rows x 4 gates of accumulators fit AVX-512's 32
+   registers, 2 x 4 AVX2's 16 (64-byte vectors and 4 rows on AVX2 spilled: LSTM 12x slower than
+   eager) */
+#if defined(__AVX512F__)
+constexpr int kVectorBytes = 64, kRows = 4;
+#else
+constexpr int kVectorBytes = 32, kRows = 2;
+#endif
 template <typename T> struct Vec {
-    typedef T type __attribute__((vector_size(64)));
-    static constexpr int L = 64 / sizeof(T);
+    typedef T type __attribute__((vector_size(kVectorBytes)));
+    static constexpr int L = kVectorBytes / sizeof(T);
 };
 
 /* an uninitialized buffer of n T, 64-byte aligned */
@@ -141,7 +149,7 @@ DACEML_RNN_LANEWISE(softplus, softplus_v)
 #undef DACEML_RNN_LANEWISE
 
 typedef Vec<float>::type VF;
-typedef int32_t VI __attribute__((vector_size(64)));
+typedef int32_t VI __attribute__((vector_size(kVectorBytes)));
 static inline VF exp_v(VF x) {  /* x clamped to float's range */
     const VF lo = VF{} - 87.33654f, hi = VF{} + 88.37626f;
     x = x < lo ? lo : x;
@@ -203,24 +211,32 @@ static inline void rec_block(const T* const* h, int64_t hs, const T* __restrict_
                              T* __restrict__ out, int64_t ldo) {
     typedef typename Vec<T>::type V;
     constexpr int L = Vec<T>::L;
+    typedef T U __attribute__((vector_size(kVectorBytes), aligned(alignof(T)), may_alias));
     V acc[RB][NG];
+#pragma GCC unroll 16
     for (int r = 0; r < RB; ++r)
+#pragma GCC unroll 16
         for (int g = 0; g < NG; ++g) acc[r][g] = V{};
     for (int64_t k = 0; k < K; ++k) {
+        /* the loads unrolled and typed: a loop of memcpy calls became one memcpy of all NG vectors
+           (loop distribution), which put w and the accumulators on the stack */
         V w[NG];
+#pragma GCC unroll 16
         for (int g = 0; g < NG; ++g) {
-            std::memcpy(&w[g], rp + k * ld + g * L, sizeof(V));
-#if defined(__AVX512F__)  /* a 64-byte vector fits one register only with AVX-512 */
+            w[g] = *reinterpret_cast<const U*>(rp + k * ld + g * L);
             __asm__("" : "+v"(w[g]));  /* keep w in a register: GCC would reload it for every row */
-#endif
         }
+#pragma GCC unroll 16
         for (int r = 0; r < RB; ++r) {
             const T hk = h[r][k * hs];
+#pragma GCC unroll 16
             for (int g = 0; g < NG; ++g) acc[r][g] += hk * w[g];
         }
     }
+#pragma GCC unroll 16
     for (int r = 0; r < RB; ++r)
-        for (int g = 0; g < NG; ++g) std::memcpy(out + r * ldo + g * L, &acc[r][g], sizeof(V));
+#pragma GCC unroll 16
+        for (int g = 0; g < NG; ++g) *reinterpret_cast<U*>(out + r * ldo + g * L) = acc[r][g];
 }
 template <typename T, int NG>
 static inline void rec_rows(int64_t rows, const T* const* h, int64_t hs, const T* rp, int64_t ld, int64_t K,
@@ -235,8 +251,6 @@ static inline void rec_rows(int64_t rows, const T* const* h, int64_t hs, const T
 }  // namespace daceml_rnn
 """
 
-#: batch rows per work item of a step
-_ROWS = 4
 #: multiply-adds per step below which a layer runs on one thread
 _PARALLEL_WORK = 1 << 15
 
@@ -399,7 +413,7 @@ def _kernel_code(layer: _Layer, descs, T: str) -> str:
 
     code = [
         f"const int64_t __S = {cexpr(S)}, __NB = {cexpr(NB)}, __I = {cexpr(x_shape[2])}, __H = {cexpr(dr.shape[2])};",
-        f"const int64_t __G = {layer.gates}, __GH = __G * __H, __ND = {nd}, __L = {64 // dx.dtype.bytes}, __RB = {_ROWS};",
+        f"const int64_t __G = {layer.gates}, __GH = __G * __H, __ND = {nd}, __L = daceml_rnn::Vec<{T}>::L, __RB = daceml_rnn::kRows;",
         "const int64_t __NJB = (__H + __L - 1) / __L, __NBG = (__NB + __RB - 1) / __RB, __GL = __G * __L;",
         "// W, R and the biases packed per block of L units; the projection X W^T of every step",
         f"daceml_rnn::Buffer<{T}> __wp((size_t)(__ND * __NJB * __I * __GL)), __rp((size_t)(__ND * __NJB * __H * __GL));",
