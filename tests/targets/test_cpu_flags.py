@@ -15,10 +15,10 @@ LOOPS = [
     # a conv's fused Sigmoid / SiLU epilogue (epilogue.ACTIVATIONS): a clamp, then arithmetic
     ("sigmoid", "const float v = y[e]; y[e] = 1.0f / (1.0f + daceml_expf(-v));"),
     ("silu", "const float v = y[e]; y[e] = v / (1.0f + daceml_expf(-v));"),
-    # HardSigmoid / Clip-like selects followed by arithmetic
+    # Clip-like and LeakyRelu-like selects followed by arithmetic
     ("hardswish", "const float v = y[e]; const float t = v + 3.0f; "
                   "y[e] = v * (t < 0.0f ? 0.0f : (t > 6.0f ? 6.0f : t)) * (1.0f / 6.0f);"),
-    ("select_then_exp_arg", "const float v = y[e] > 0.0f ? y[e] : 0.01f * y[e]; y[e] = v * v + 1.0f;"),
+    ("leaky_relu", "const float v = y[e] > 0.0f ? y[e] : 0.01f * y[e]; y[e] = v * v + 1.0f;"),
 ]
 
 
