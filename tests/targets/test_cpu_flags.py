@@ -22,21 +22,24 @@ LOOPS = [
 ]
 
 
+def _compiler() -> str:
+    return dace.Config.get("compiler", "cpu", "executable") or "c++"
+
+
 def _compile_report(tmp_path, source: str) -> str:
-    cxx = dace.Config.get("compiler", "cpu", "executable") or "c++"
+    """GCC's vectorizer report for ``source`` compiled with the flags DaCe builds daceml's programs
+    with (``config.apply_dace_settings``: daceml's flags and the vecmath.h force-include)."""
     path = tmp_path / "loops.cpp"
     path.write_text(source)
-    args = shlex.split(config.settings.cpu_compiler_args)
-    cmd = [cxx, *args, "-include", config.VECMATH_HEADER, "-fopt-info-vec-optimized", "-c", str(path),
-           "-o", str(tmp_path / "loops.o")]
+    cmd = [_compiler(), *shlex.split(dace.Config.get("compiler", "cpu", "args")), "-fopt-info-vec-optimized",
+           "-c", str(path), "-o", str(tmp_path / "loops.o")]
     done = subprocess.run(cmd, capture_output=True, text=True)
     assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stderr}"
     return done.stderr
 
 
 def test_kernel_loops_vectorize_with_daceml_flags(tmp_path):
-    cxx = dace.Config.get("compiler", "cpu", "executable") or "c++"
-    version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
+    version = subprocess.run([_compiler(), "--version"], capture_output=True, text=True).stdout
     if "g++" not in version and "GCC" not in version and "Free Software Foundation" not in version:
         pytest.fail(f"this check reads GCC's -fopt-info report; the C++ compiler is {version.splitlines()[:1]}")
     lines = [f"void loop_{name}(float* __restrict__ y, long long n) {{\n"
