@@ -154,6 +154,37 @@ def test_vector_norm_rows_through_every_loop_and_far_from_zero():
     np.testing.assert_allclose(gn, grouped * s4 + b4, **TOL)
 
 
+def test_layernorm_blocks_of_rows_with_statistics_outputs():
+    """LayerNormalization over blocks of rows (each work item sums the next row inside the
+    normalize loop of the one before): 4x64 rows of 150 (blocks of 4, rows through every loop
+    and a tail) with the Mean and InvStdDev outputs, rows offset by 100 and -50 and one
+    constant; 130 rows of 24 without B (blocks of 2). Against float64 numpy."""
+    from daceml.onnx.ops.normalization import _row_block
+    assert _row_block([4, 64, 150], 2) == 4 and _row_block([130, 24], 1) == 2
+    rng = np.random.default_rng(6)
+    x = rand(rng, 4, 64, 150)
+    x[0] += 100
+    x[1, 1::3] -= 50
+    x[2, 5] = 3.0
+    y = rand(rng, 130, 24)
+    inits = {"g": rand(rng, 150), "b": rand(rng, 150), "g24": rand(rng, 24)}
+    nodes = [helper.make_node("LayerNormalization", ["x", "g", "b"], ["ln", "ln_mean", "ln_inv"], name="ln"),
+             helper.make_node("LayerNormalization", ["y", "g24"], ["ln24"], name="ln24", epsilon=1e-3)]
+    model = make_model(nodes, {"x": x, "y": y}, ["ln", "ln_mean", "ln_inv", "ln24"], inits, opset=21)
+    ln, ln_mean, ln_inv, ln24 = ONNXModel(model)(x=x, y=y)
+
+    def norm(v, eps):
+        v = v.astype(np.float64)
+        mean = v.mean(axis=-1, keepdims=True)
+        inv = 1 / np.sqrt(((v - mean) ** 2).mean(axis=-1, keepdims=True) + eps)
+        return (v - mean) * inv, mean, inv
+    want, mean, inv = norm(x, 1e-5)
+    np.testing.assert_allclose(ln, want * inits["g"] + inits["b"], **TOL)
+    np.testing.assert_allclose(ln_mean, mean, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(ln_inv, inv, rtol=1e-4)
+    np.testing.assert_allclose(ln24, norm(y, 1e-3)[0] * inits["g24"], **TOL)
+
+
 def test_batchnorm_training_mode_is_rejected_with_the_node_name():
     nodes = [helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y", "rm", "rv"], name="bn_train",
                               training_mode=1)]
