@@ -82,6 +82,15 @@ class FastCall:
         self.symbol_names = list(program.symbol_names)
         self._prepared: Dict[Tuple[int, ...], Any] = {}
         self._out_shapes: Dict[Tuple[int, ...], List[Tuple[int, ...]]] = {}
+        # a program without symbols: each input's (dtype, torch.Size), and the slots, prepared
+        # program and output (dtype, size, rank-0) of every call, made once (see _call_static)
+        self._static = None
+        if not self.symbol_names and not any(isinstance(d, str) for *_, shape, _ in self.inputs for d in shape):
+            prog, out_shapes = self._prepare({})
+            self._static = ([(dtype, torch.Size(shape)) for _, dtype, shape, _ in self.inputs],
+                            self._slots + [slot for slot, *_ in self.outputs], prog,
+                            [(dtype, torch.Size(shape), rank == 0)
+                             for (_, dtype, _, rank), shape in zip(self.outputs, out_shapes)])
 
     def _prepare(self, symbols: Dict[str, int]):
         key = tuple(symbols[s] for s in self.symbol_names)
@@ -98,11 +107,14 @@ class FastCall:
     def __call__(self, tensors: Sequence[torch.Tensor]) -> Optional[List[torch.Tensor]]:
         if len(tensors) != len(self.inputs):
             return None
+        if self._static is not None:
+            return self._call_static(tensors)
         values: List[int] = []
         symbols: Dict[str, int] = {}
         keep = []
         for t, (_, dtype, shape, rank) in zip(tensors, self.inputs):
-            if t.dtype != dtype or t.device.type != "cpu" or not t.is_contiguous() or t.dim() != rank:
+            if not isinstance(t, torch.Tensor) or t.dtype != dtype or t.device.type != "cpu" or not t.is_contiguous() \
+                    or t.dim() != rank:
                 return None
             for want, got in zip(shape, t.shape):
                 if isinstance(want, str):
@@ -130,5 +142,35 @@ class FastCall:
         self.model.current_symbols = symbols
         prog.call_with_updates(slots, values)
         if self.model.fallbacks:
+            self.model.raise_fallback_errors()
+        return results
+
+    def _call_static(self, tensors: Sequence[torch.Tensor]) -> Optional[List[torch.Tensor]]:
+        """__call__ of a program without symbols: the same checks against shapes and slots made
+        once. Every call runs right after a program that has evicted the interpreter's data from
+        the caches, so each Python step here costs microseconds (a 0.1 ms LayerNorm paid ~25 us
+        in __call__)."""
+        signature, slots, prog, outputs = self._static
+        values: List[int] = []
+        for t, (dtype, size) in zip(tensors, signature):
+            if not isinstance(t, torch.Tensor) or t.dtype is not dtype or not t.is_cpu or t.shape != size \
+                    or not t.is_contiguous():
+                return None
+            values.append(t.data_ptr())
+        key = self._reader.read(values)
+        if key is None:
+            return None
+        if self.prep is not None:
+            self.prep.refresh_key(self.model, key, lambda: {init: d[attr] for init, d, attr in self._prep_state})
+        results = []
+        for dtype, size, scalar in outputs:
+            buf = torch.empty(size, dtype=dtype)
+            values.append(buf.data_ptr())
+            results.append(buf.reshape(()) if scalar else buf)
+        fallbacks = self.model.fallbacks
+        if fallbacks:
+            self.model.current_symbols = {}
+        prog.call_with_updates(slots, values)
+        if fallbacks:
             self.model.raise_fallback_errors()
         return results

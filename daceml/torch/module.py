@@ -68,6 +68,11 @@ class _Build:
     #: training-mode batch norms whose new running statistics follow the outputs
     stats_bns: Any = ()
     n_outputs: int = 0
+    #: whether the module returns one bare tensor (its outputs need no unflattening)
+    one_tensor_out: bool = dataclasses.field(init=False)
+
+    def __post_init__(self):
+        self.one_tensor_out = self.n_outputs == 1 and not self.stats_bns and self.out_spec.is_leaf()
 
 
 def _dynamic_dims(a: Any, dynamic: Any) -> Optional[Dict[int, Any]]:
@@ -325,8 +330,8 @@ class DaceModule(nn.Module):
         if not kwargs and self._last is not None and self._last.fast is not None:
             # the fast path: same signature as the last call (checked inside FastCall)
             build = self._last
-            if self._fast_key == (self.training, len(args)) and all(isinstance(a, torch.Tensor) for a in args) \
-                    and not (torch.is_grad_enabled() and self._needs_grad(args)):
+            # (FastCall checks that every argument is a tensor)
+            if self._fast_key == (self.training, len(args)) and not (torch.is_grad_enabled() and self._needs_grad(args)):
                 outs = build.fast(args)
                 if outs is not None:
                     return self._finish(build, outs)
@@ -424,6 +429,8 @@ class DaceModule(nn.Module):
     @staticmethod
     def _finish(build: _Build, outs: List[Any]) -> Any:
         """The module's outputs in their structure; new running statistics into the buffers."""
+        if build.one_tensor_out:
+            return outs[0]
         if build.stats_bns:
             apply_running_stats(build.stats_bns, outs[build.n_outputs:])
             outs = outs[:build.n_outputs]
