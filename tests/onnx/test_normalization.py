@@ -112,12 +112,14 @@ def test_vector_softmax_rows_with_masks_and_extremes():
     x[3, :] = -200.0
     x[3, 17] = 0.0                                             # exp(-200): zero
     x[4, :] = np.float32(3.0)                                  # a flat row
+    x[5, 9] = np.nan                                           # NaN spreads over its row, as in torch
     nodes = [helper.make_node("Softmax", ["x"], ["sm"], name="sm"),
              helper.make_node("LogSoftmax", ["x"], ["lsm"], name="lsm")]
     expected, got = assert_matches_onnxruntime(make_model(nodes, {"x": x}, ["sm", "lsm"]), {"x": x}, **TOL)
     sm = got[0]
-    assert (sm[0, [3, 20, 39]] == 0).all() and np.isfinite(sm).all()
-    np.testing.assert_allclose(sm.sum(axis=1), 1, rtol=1e-5)
+    assert (sm[0, [3, 20, 39]] == 0).all() and np.isfinite(sm[:5]).all()
+    assert np.isnan(sm[5]).all() and np.isnan(got[1][5]).all()
+    np.testing.assert_allclose(sm[:5].sum(axis=1), 1, rtol=1e-5)
 
 
 def test_vector_norm_rows_through_every_loop_and_far_from_zero():
