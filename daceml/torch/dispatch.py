@@ -104,6 +104,16 @@ class FastCall:
                                            for d in shape) for _, _, shape, _ in self.outputs]
         return prog, self._out_shapes[key]
 
+    def _read_state(self, values: List[int]) -> bool:
+        """Appends the data pointers of the live parameters and buffers to ``values`` and runs the
+        weight prep again if a tensor it reads changed; False if one cannot be passed as it is."""
+        key = self._reader.read(values)
+        if key is None:
+            return False
+        if self.prep is not None:
+            self.prep.refresh_key(self.model, key, lambda: {init: d[attr] for init, d, attr in self._prep_state})
+        return True
+
     def __call__(self, tensors: Sequence[torch.Tensor]) -> Optional[List[torch.Tensor]]:
         if len(tensors) != len(self.inputs):
             return None
@@ -126,11 +136,8 @@ class FastCall:
                 t = t.detach()
             keep.append(t)
             values.append(t.data_ptr())
-        key = self._reader.read(values)
-        if key is None:
+        if not self._read_state(values):
             return None
-        if self.prep is not None:
-            self.prep.refresh_key(self.model, key, lambda: {init: d[attr] for init, d, attr in self._prep_state})
         prog, out_shapes = self._prepare(symbols) if self.symbol_names else self._prepare({})
         results = []
         slots = self._slots.copy()
@@ -157,11 +164,8 @@ class FastCall:
                     or not t.is_contiguous():
                 return None
             values.append(t.data_ptr())
-        key = self._reader.read(values)
-        if key is None:
+        if not self._read_state(values):
             return None
-        if self.prep is not None:
-            self.prep.refresh_key(self.model, key, lambda: {init: d[attr] for init, d, attr in self._prep_state})
         results = []
         for dtype, size, scalar in outputs:
             buf = torch.empty(size, dtype=dtype)
