@@ -191,8 +191,8 @@ def _vector_affine(x: str, y: str, n: str, scale: str = "", bias: str = "", sum_
     b = f" + {bias}[__j]" if bias else ""
     unroll = 4 if sum_of else 2
     body = "\n  ".join(one(i, f"__j + {i} * DACEML_VL" if i else "__j") for i in range(unroll))
-    code = f"""{{
-const daceml_vf __mv = daceml_vf{{}} + __mean, __iv = daceml_vf{{}} + __inv;
+    code = """{
+const daceml_vf __mv = daceml_vf{} + __mean, __iv = daceml_vf{} + __inv;
 long long __j = 0;
 """
     if sum_of:
