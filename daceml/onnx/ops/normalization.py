@@ -169,6 +169,12 @@ for (; __j < {n}; ++__j) {{ {tail} }}
 """
 
 
+def _row_pointer(expr) -> str:
+    """The array name if C++ ``expr`` is ``name[__j]`` (a Scale or B running along the row),
+    else "" (also for None)."""
+    return expr[:-5] if expr and expr.endswith("[__j]") and expr[:-5].isidentifier() else ""
+
+
 def _vector_affine(x: str, y: str, n: str, scale: str = "", bias: str = "", sum_of: str = "", into: str = "") -> str:
     """Statements storing ``y = (x - __mean) * __inv * scale + bias`` over ``n`` contiguous
     floats with the vectors of ``_ROW_SIMD``; ``scale``/``bias``: pointers to ``n`` contiguous
@@ -238,9 +244,8 @@ __var /= ({T})({n});
     last = f"""{_SIMD}
 for (long long __j = 0; __j < {n}; ++__j) {y}[__j] = ({x}[__j] - __mean) * __inv{s}{b};
 """
-    contiguous = [e for e in (scale, bias) if e]
-    if T == "float" and all(e.endswith("[__j]") and e[:-5].isidentifier() for e in contiguous):
-        last = _simd_or(_vector_affine(x, y, n, scale[:-5] if scale else "", bias[:-5] if bias else ""), last)
+    if T == "float" and all(_row_pointer(e) for e in (scale, bias) if e):
+        last = _simd_or(_vector_affine(x, y, n, _row_pointer(scale), _row_pointer(bias)), last)
     return moments + f"const {T} __inv = ({T})1 / std::sqrt(__var + ({T})({eps}));\n" + last
 
 
@@ -581,11 +586,13 @@ def _row_block(shape: Sequence, axis: int, most: int = 16, least_items: int = 64
     """Rows per work item of LayerNormalization: the largest power of two up to ``most`` that
     divides the last leading dim and leaves at least ``least_items`` work items; 1 where
     those dims are symbolic or too few."""
+    if axis < 1:
+        return 1
     try:
         last, rows = int(shape[axis - 1]), int(math.prod(shape[:axis]))
-    except (TypeError, IndexError):
+    except TypeError:
         return 1
-    block = most if axis >= 1 else 1
+    block = most
     while block > 1 and (last % block or rows // block < least_items):
         block //= 2
     return block
@@ -635,7 +642,7 @@ class PureLayerNormalization(_PureBase):
         if "B" in node.in_connectors:
             inputs["__b"] = dace.Memlet.from_array("B", descs["B"])
             bias = f"__b[{_bcast_flat(descs['B'].shape, row, '__j')}]"
-        along_row = scale == "__s[__j]" and bias in (None, "__b[__j]")
+        along_row = _row_pointer(scale) and (bias is None or _row_pointer(bias))
         block = _row_block(shape, axis) if T == "float" and along_row else 1
         inputs["__x"] = dace.Memlet(_row_subset("X", shape, map_dims, block=block))
         outputs = {"__y": dace.Memlet(_row_subset("Y", shape, map_dims, block=block))}
